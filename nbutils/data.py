@@ -1,0 +1,390 @@
+"""Datasets: where they are found, how they are checked, how they come back as tensors.
+
+A dataset is looked for, in order, under each folder of ``NBUTILS_DATA`` (``os.pathsep``
+separated; CI points it at the read-only offline mirror), then under the project's ``data/``,
+and only then downloaded (``download=True``) into ``data/``. Mirrors are verified against their
+``SHA256SUMS`` files and never written to. Every loader returns :class:`LabelledImages`: float
+images in [0, 1] of shape (N, C, H, W), int64 labels, and class names in label order.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import urllib.request
+import zipfile
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from PIL import Image
+from torchvision.transforms import functional as TF
+
+from .checks import check_choice
+
+ENV_VAR = "NBUTILS_DATA"
+TINY_IMAGENET_URL = "https://raw.githubusercontent.com/phlippe/saved_models/main/tutorial10/TinyImageNet.zip"
+
+
+@dataclass
+class LabelledImages:
+    """Images in [0, 1] with their labels.
+
+    images: (N, C, H, W) float32; labels: (N,) int64; class_names: one name per label index.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    class_names: list[str]
+    name: str
+    root: str
+    checksums_verified: bool
+    files: list[str] = field(default_factory=list, repr=False)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def subset(self, index: Sequence[int] | torch.Tensor) -> "LabelledImages":
+        """The images at ``index``, in that order."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        files = [self.files[i] for i in index.tolist()] if self.files else []
+        return LabelledImages(self.images[index], self.labels[index], self.class_names, self.name,
+                              self.root, self.checksums_verified, files)
+
+    def describe(self) -> dict:
+        """Provenance: dataset name, count, where it came from, whether its checksums were verified."""
+        return {"dataset": self.name, "count": len(self), "root": self.root,
+                "checksums_verified": self.checksums_verified}
+
+
+# ---------------------------------------------------------------------------------------------
+# Locations, checksums, downloads
+
+def project_root() -> Path | None:
+    """The checkout this package lives in (the folder holding ``_toc.yml``), or None when installed."""
+    for folder in Path(__file__).resolve().parents:
+        if (folder / "_toc.yml").is_file() and (folder / "nbutils").is_dir():
+            return folder
+    return None
+
+
+def project_data_dir() -> Path:
+    """``data/`` of the checkout, or ``./data`` when the package is installed without one."""
+    root = project_root()
+    return (root if root is not None else Path.cwd()) / "data"
+
+
+def data_roots() -> list[Path]:
+    """Folders searched for datasets, in order: each of ``NBUTILS_DATA``, then ``data/``."""
+    roots = [Path(p).expanduser() for p in os.environ.get(ENV_VAR, "").split(os.pathsep) if p]
+    return roots + [project_data_dir()]
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_checksums(sums_file: Path) -> dict[str, str]:
+    """``{relative path: sha256}`` from a ``sha256sum``-format file."""
+    entries = {}
+    for line in sums_file.read_text().splitlines():
+        if line.strip():
+            digest, rel = line.split(maxsplit=1)
+            entries[rel.lstrip("*")] = digest.lower()
+    return entries
+
+
+@lru_cache(maxsize=None)
+def _verified(sums_file: Path, base: Path, prefix: str, mtime: float) -> bool:
+    expected = {rel: d for rel, d in read_checksums(sums_file).items() if rel.startswith(prefix)}
+    if not expected:
+        raise ValueError(f"{sums_file} lists no file under {prefix!r}")
+    for rel, digest in expected.items():
+        path = base / rel
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is listed in {sums_file} but missing")
+        actual = sha256_file(path)
+        if actual != digest:
+            raise ValueError(f"checksum mismatch for {path}: expected sha256 {digest}, got {actual}. "
+                             "The copy is corrupt or was modified; restore it from its source.")
+    return True
+
+
+def verify_checksums(sums_file: Path, base: Path, prefix: str = "") -> bool:
+    """Check every file listed in ``sums_file`` (paths relative to ``base``, starting with ``prefix``).
+
+    Raises ValueError naming the first file whose SHA-256 differs. Results are cached per process
+    and per modification time of the sums file.
+    """
+    sums_file, base = Path(sums_file).resolve(), Path(base).resolve()
+    return _verified(sums_file, base, prefix, sums_file.stat().st_mtime)
+
+
+def download_file(url: str, dest: Path, *, sha256: str | None = None, timeout: float = 60.0) -> str:
+    """Download ``url`` to ``dest`` atomically and return the file's SHA-256.
+
+    The bytes go to a temporary file beside ``dest`` and are renamed into place only when complete
+    and, if ``sha256`` is given, matching it; a mismatch raises ValueError and leaves no file.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+            while block := response.read(1 << 20):
+                digest.update(block)
+                out.write(block)
+        actual = digest.hexdigest()
+        if sha256 is not None and actual != sha256.lower():
+            raise ValueError(f"checksum mismatch downloading {url}: expected sha256 {sha256}, got {actual}")
+        os.replace(tmp, dest)
+        return actual
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def extract_zip(archive: Path, dest_dir: Path) -> None:
+    """Unpack ``archive`` into ``dest_dir`` through a temporary folder renamed into place per entry."""
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest_dir, prefix=".unzip-") as tmp:
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(tmp)
+        for entry in Path(tmp).iterdir():
+            target = dest_dir / entry.name
+            if target.exists():
+                shutil.rmtree(target) if target.is_dir() else target.unlink()
+            os.replace(entry, target)
+
+
+# ---------------------------------------------------------------------------------------------
+# The dataset registry and the resolver
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """How to recognise, verify and fetch one dataset.
+
+    folder: its folder under a data root. sums: (checksum file relative to the root, path prefix
+    of its entries, folder the entries are relative to: "root" or "folder"), or None.
+    url/sha256: a zip archive to fetch (sha256 None when unknown: the digest is then recorded).
+    fetch: a callable taking the download root, used instead of ``url`` (torchvision's MNIST).
+    validate: a callable raising ValueError when a found folder has the wrong structure.
+    """
+
+    name: str
+    folder: str
+    sums: tuple[str, str, str] | None = None
+    url: str | None = None
+    sha256: str | None = None
+    fetch: Callable[[Path], None] | None = None
+    validate: Callable[[Path], None] | None = None
+    how_to_get: str = ""
+
+
+def _torchvision_fetch(cls_name: str) -> Callable[[Path], None]:
+    def fetch(root: Path) -> None:
+        import torchvision.datasets as tvd
+        for train in (True, False):  # torchvision checks each file's md5
+            getattr(tvd, cls_name)(str(root), train=train, download=True)
+    return fetch
+
+
+def _validate_idx_folder(folder: Path) -> None:
+    names = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    missing = [n for n in names if not (folder / "raw" / n).is_file()]
+    if missing:
+        raise ValueError(f"{folder}/raw lacks {missing}")
+
+
+def _validate_tiny_imagenet(folder: Path) -> None:
+    classes = sorted(p for p in folder.iterdir() if p.is_dir())
+    labels_file = folder / "label_list.json"
+    if len(classes) != 1000 or not labels_file.is_file():
+        raise ValueError(f"{folder} must hold 1000 class folders and label_list.json "
+                         f"(found {len(classes)} folders, label_list.json {'present' if labels_file.is_file() else 'missing'})")
+    if len(json.loads(labels_file.read_text())) != 1000:
+        raise ValueError(f"{labels_file} must list 1000 class names")
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "mnist": DatasetSpec(
+        "mnist", "MNIST", sums=("SHA256SUMS", "MNIST/", "root"), fetch=_torchvision_fetch("MNIST"),
+        validate=_validate_idx_folder, how_to_get="the four uncompressed idx files in MNIST/raw/"),
+    "fashion-mnist": DatasetSpec(
+        "fashion-mnist", "FashionMNIST", sums=("SHA256SUMS", "FashionMNIST/", "root"),
+        fetch=_torchvision_fetch("FashionMNIST"), validate=_validate_idx_folder,
+        how_to_get="the four uncompressed idx files in FashionMNIST/raw/"),
+    "imagenet-sample": DatasetSpec(
+        "imagenet-sample", "imagenet-sample", sums=("imagenet-sample.SHA256SUMS", "", "folder"),
+        how_to_get="1000 images named <wnid>_<name>.JPEG, one per ImageNet class "
+                   "(github.com/EliSchwartz/imagenet-sample-images, short side resized to 256)"),
+    "tiny-imagenet": DatasetSpec(
+        "tiny-imagenet", "TinyImageNet", url=TINY_IMAGENET_URL, validate=_validate_tiny_imagenet,
+        how_to_get=f"the UvA tutorial 10 subset: unzip {TINY_IMAGENET_URL} (1000 class folders, "
+                   "5 images each, label_list.json)"),
+}
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A dataset folder that was found or fetched, and whether checksums vouched for it."""
+
+    path: Path
+    checksums_verified: bool
+    downloaded_sha256: str | None = None
+
+
+def _check_found(spec: DatasetSpec, root: Path) -> Resolved:
+    folder = root / spec.folder
+    if spec.validate is not None:
+        spec.validate(folder)
+    verified = False
+    if spec.sums is not None and (root / spec.sums[0]).is_file():
+        sums_file, prefix, relative_to = spec.sums
+        verified = verify_checksums(root / sums_file, root if relative_to == "root" else folder, prefix)
+    return Resolved(folder, verified)
+
+
+def resolve(dataset: str | DatasetSpec, *, download: bool = False, download_root: Path | None = None) -> Resolved:
+    """Find ``dataset`` under the data roots, or download it when ``download`` is True.
+
+    Raises ValueError for an unknown name, FileNotFoundError (saying what to put where) when the
+    dataset is absent and ``download`` is False.
+    """
+    spec = dataset if isinstance(dataset, DatasetSpec) else DATASETS[check_choice(dataset, list(DATASETS), "dataset")]
+    roots = data_roots()
+    for root in roots:
+        if (root / spec.folder).is_dir():
+            return _check_found(spec, root)
+    if not download or (spec.url is None and spec.fetch is None):
+        searched = "\n".join(f"  - {r / spec.folder}" for r in roots)
+        how = "pass download=True on a machine with internet, or " if (spec.url or spec.fetch) else ""
+        raise FileNotFoundError(
+            f"dataset {spec.name!r} not found; searched:\n{searched}\nTo fix: {how}put {spec.how_to_get} "
+            f"in <root>/{spec.folder}/ under one of those roots ({ENV_VAR} may list several, "
+            f"separated by {os.pathsep!r}).")
+    root = Path(download_root) if download_root is not None else project_data_dir()
+    digest = None
+    if spec.fetch is not None:
+        spec.fetch(root)
+    else:
+        archive = root / f"{spec.folder}.zip"
+        digest = download_file(spec.url, archive, sha256=spec.sha256)
+        extract_zip(archive, root)
+        archive.unlink()
+    found = _check_found(spec, root)
+    return Resolved(found.path, found.checksums_verified or spec.sha256 is not None, digest)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loaders
+
+def imagenet_class_names() -> list[str]:
+    """The 1000 ImageNet class names in index order (torchvision's metadata; no download)."""
+    from torchvision.models import ResNet50_Weights
+    return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def load_image(path: Path, *, resize: int | None = 256, crop: int | None = 224) -> torch.Tensor:
+    """One RGB image as a (3, crop, crop) float tensor in [0, 1]: PIL bilinear Resize then CenterCrop."""
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+        if resize is not None:
+            img = TF.resize(img, resize, interpolation=TF.InterpolationMode.BILINEAR)
+        if crop is not None:
+            img = TF.center_crop(img, crop)
+        return TF.pil_to_tensor(img).float().div_(255)
+
+
+def _load_files(files: Sequence[Path], resize: int | None, crop: int | None) -> torch.Tensor:
+    return torch.stack([load_image(f, resize=resize, crop=crop) for f in files])
+
+
+def imagenet_sample(*, classes: Sequence[int] | None = None, resize: int | None = 256, crop: int | None = 224,
+                    download: bool = False) -> LabelledImages:
+    """The offline ImageNet sample: one image per class, label = the class's ImageNet index.
+
+    classes: ImageNet indices to load (default: all 1000, in index order).
+    Returns images (N, 3, crop, crop) in [0, 1].
+    """
+    found = resolve("imagenet-sample", download=download)
+    files = sorted(found.path.glob("*.JPEG"))
+    wnids = sorted({f.name.split("_", 1)[0] for f in files})
+    if len(wnids) != 1000 or len(files) != 1000:
+        raise ValueError(f"{found.path} must hold 1000 images of 1000 distinct classes, found "
+                         f"{len(files)} images of {len(wnids)} classes")
+    index = list(range(1000)) if classes is None else [int(c) for c in classes]
+    if any(not 0 <= c < 1000 for c in index):
+        raise ValueError(f"classes must be ImageNet indices in [0, 1000), got {index}")
+    chosen = [files[c] for c in index]  # files sorted by wnid = ImageNet index order
+    return LabelledImages(_load_files(chosen, resize, crop), torch.tensor(index, dtype=torch.long),
+                          imagenet_class_names(), "imagenet-sample", str(found.path), found.checksums_verified,
+                          [f.name for f in chosen])
+
+
+def image_folder(root: Path, *, resize: int | None = 256, crop: int | None = 224,
+                 indices: Sequence[int] | None = None, name: str | None = None,
+                 class_names: list[str] | None = None) -> LabelledImages:
+    """Any ImageNet subset in ImageFolder layout (one folder per class, sorted folder = label).
+
+    indices: positions in the sorted (class, file) listing to load (default: all).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist")
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
+    extensions = {".jpeg", ".jpg", ".png"}
+    listing = [(label, f) for label, d in enumerate(class_dirs)
+               for f in sorted(d.iterdir()) if f.suffix.lower() in extensions]
+    if not listing:
+        raise ValueError(f"{root} holds no images in class folders")
+    if indices is not None:
+        listing = [listing[i] for i in indices]
+    labels = torch.tensor([label for label, _ in listing], dtype=torch.long)
+    names = class_names if class_names is not None else [d.name for d in class_dirs]
+    return LabelledImages(_load_files([f for _, f in listing], resize, crop), labels, names,
+                          name or root.name, str(root), False, [f"{f.parent.name}/{f.name}" for _, f in listing])
+
+
+def tiny_imagenet(*, indices: Sequence[int] | None = None, download: bool = False) -> LabelledImages:
+    """The main paper's 5000-image subset (5 per class, pre-cropped to 224): image i has class i // 5.
+
+    Its checksum is not published, so a download is validated by structure and its SHA-256 recorded
+    (``root`` then reads ``<path> (downloaded sha256 ...)``).
+    """
+    found = resolve("tiny-imagenet", download=download)
+    names = json.loads((found.path / "label_list.json").read_text())
+    data = image_folder(found.path, resize=None, crop=None, indices=indices, name="tiny-imagenet", class_names=names)
+    if found.downloaded_sha256:
+        data.root = f"{found.path} (downloaded sha256 {found.downloaded_sha256})"
+    return data
+
+
+def _idx_dataset(cls_name: str, name: str, train: bool, download: bool) -> LabelledImages:
+    import torchvision.datasets as tvd
+    found = resolve(name, download=download)
+    ds = getattr(tvd, cls_name)(str(found.path.parent), train=train, download=False)
+    images = ds.data.unsqueeze(1).float().div_(255)
+    return LabelledImages(images, ds.targets.long(), list(ds.classes), f"{name}-{'train' if train else 'test'}",
+                          str(found.path), found.checksums_verified)
+
+
+def mnist(train: bool = True, *, download: bool = False) -> LabelledImages:
+    """MNIST through torchvision: images (N, 1, 28, 28) in [0, 1], no normalisation."""
+    return _idx_dataset("MNIST", "mnist", train, download)
+
+
+def fashion_mnist(train: bool = True, *, download: bool = False) -> LabelledImages:
+    """Fashion-MNIST through torchvision: images (N, 1, 28, 28) in [0, 1]."""
+    return _idx_dataset("FashionMNIST", "fashion-mnist", train, download)

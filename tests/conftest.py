@@ -1,0 +1,49 @@
+"""Shared fixtures: small random classifiers, the offline mirror, the smoke profile."""
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from nbutils.models import Classifier, freeze
+
+ROOT = Path(__file__).resolve().parents[1]
+# Notebooks run by the tests use the smoke profile; the mirror defaults to the sibling shared/data.
+os.environ["NBUTILS_PROFILE"] = "smoke"
+os.environ.setdefault("NBUTILS_DATA", str(ROOT.parent / "shared" / "data"))
+
+
+def tiny_classifier(seed: int = 0, channels: int = 3, classes: int = 10) -> Classifier:
+    """A seeded conv net on (N, channels, 8, 8) pixels with its own normalisation."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(channels, 6, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 64, classes))
+    return freeze(Classifier(net, [0.4] * channels, [0.25] * channels, name="tiny", weights_id="random-init",
+                             class_names=[str(i) for i in range(classes)], resize=None, crop=None))
+
+
+def linear_classifier(seed: int = 0, classes: int = 4) -> Classifier:
+    """A seeded linear softmax model on (N, 1, 4, 4) pixels."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, classes))
+    return freeze(Classifier(net, [0.5], [0.5], name="linear", weights_id="random-init",
+                             class_names=[str(i) for i in range(classes)], resize=None, crop=None))
+
+
+@pytest.fixture
+def tiny():
+    return tiny_classifier()
+
+
+@pytest.fixture
+def batch():
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(12, 3, 8, 8, generator=g), torch.randint(0, 10, (12,), generator=g)
+
+
+@pytest.fixture(scope="session")
+def mirror() -> Path:
+    path = Path(os.environ["NBUTILS_DATA"].split(os.pathsep)[0])
+    if not (path / "imagenet-sample").is_dir():
+        pytest.fail(f"the offline mirror is not at {path}: set NBUTILS_DATA (see README)")
+    return path
