@@ -60,6 +60,12 @@ def _pixel_step(model: nn.Module, convention: str) -> torch.Tensor | float:
     return std[:, None, None]
 
 
+def pixel_eps(model: nn.Module, eps: float, convention: str) -> float:
+    """eps in [0, 1] pixel units, averaged over channels (``eps * mean(std)`` when normalised)."""
+    unit = _pixel_step(model, check_choice(convention, CONVENTIONS, "convention"))
+    return float(eps * (unit.mean() if isinstance(unit, torch.Tensor) else unit))
+
+
 def fgsm_step(images: torch.Tensor, grad_sign: torch.Tensor, eps: float, unit: torch.Tensor | float,
               *, targeted: bool, clamp: bool) -> torch.Tensor:
     """One signed-gradient step of size eps * unit; away from the label, or towards it if targeted."""

@@ -388,3 +388,26 @@ def mnist(train: bool = True, *, download: bool = False) -> LabelledImages:
 def fashion_mnist(train: bool = True, *, download: bool = False) -> LabelledImages:
     """Fashion-MNIST through torchvision: images (N, 1, 28, 28) in [0, 1]."""
     return _idx_dataset("FashionMNIST", "fashion-mnist", train, download)
+
+
+IMAGENET_SUBSETS = ("tiny-imagenet", "imagenet-sample")
+
+
+def imagenet_subset(name: str, *, n_images: int = 0, resize: int | None = 256, crop: int | None = 224,
+                    download: bool = False) -> LabelledImages:
+    """The first ``n_images`` (0: all) of an ImageNet subset by name.
+
+    "tiny-imagenet" is pre-cropped to 224 (no resize, as in the tutorial); "imagenet-sample" is
+    resized and centre-cropped to the model's eval sizes ``resize``/``crop``.
+    """
+    check_choice(name, IMAGENET_SUBSETS, "dataset")
+    if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 0:
+        raise ValueError(f"n_images must be an int >= 0 (0: all), got {n_images!r}")
+    if name == "tiny-imagenet":
+        return tiny_imagenet(indices=range(n_images) if n_images else None, download=download)
+    return imagenet_sample(classes=range(n_images) if n_images else None, resize=resize, crop=crop, download=download)
+
+
+def add_data_root(path: str | os.PathLike) -> None:
+    """Search ``path`` before the other data roots (prepends it to ``NBUTILS_DATA``)."""
+    os.environ[ENV_VAR] = os.pathsep.join(p for p in (str(path), os.environ.get(ENV_VAR, "")) if p)

@@ -1,6 +1,9 @@
 """Evaluation: batched inference and top-k error."""
 from __future__ import annotations
 
+from typing import Sequence
+
+import pandas as pd
 import torch
 from torch import nn
 
@@ -38,3 +41,12 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Te
 def topk_error(logits: torch.Tensor, labels: torch.Tensor, k: int = 1) -> float:
     """Top-k error in percent: 100 * (1 - fraction of images whose label is among the top k)."""
     return 100.0 * (1.0 - topk_correct(logits, labels, k).double().mean().item())
+
+
+def topk_table(logits: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str], k: int = 5) -> pd.DataFrame:
+    """Tidy top-k predictions: one row per (image, rank) with image (position), true_class, rank
+    (1 = most likely), class and confidence (softmax probability)."""
+    probs, index = topk_probabilities(logits, k)
+    return pd.DataFrame([{"image": i, "true_class": class_names[int(labels[i])], "rank": r + 1,
+                          "class": class_names[int(index[i, r])], "confidence": float(probs[i, r])}
+                         for i in range(logits.shape[0]) for r in range(k)])

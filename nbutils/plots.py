@@ -104,3 +104,28 @@ def save_figure(fig, path: Path, dpi: int = 110) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def fgsm_explorer(model, images: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str], *,
+                  eps_max: float = 0.1, k: int = 5):
+    """An ipywidgets explorer: pick an image, slide eps, switch convention; shows the original, the
+    perturbation, the adversarial image and its top-k bars. images: (N, C, H, W) in [0, 1]."""
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    from .attacks import CONVENTIONS, fgsm
+    from .metrics import predict, topk_probabilities
+
+    def show(index: int, eps: float, convention: str) -> None:
+        x, y = images[index:index + 1], labels[index:index + 1]
+        adv = fgsm(model, x, y, eps, convention=convention)
+        probs, top = topk_probabilities(predict(model, adv), k)
+        fig = prediction_grid(adv, probs, top, class_names, y, originals=x,
+                              title=f"FGSM eps = {eps:.3f} ({convention})")
+        display(fig)
+        plt.close(fig)
+
+    options = [(f"{i}: {class_names[int(labels[i])]}", i) for i in range(images.shape[0])]
+    return widgets.interactive(show, index=widgets.Dropdown(options=options, description="image"),
+                               eps=widgets.FloatSlider(value=0.02, min=0.0, max=eps_max, step=0.005, readout_format=".3f"),
+                               convention=widgets.Dropdown(options=list(CONVENTIONS), value="normalised"))

@@ -96,14 +96,17 @@ def write_results(table: pd.DataFrame, name: str, folder: Path, provenance: dict
     return csv_path, json_path
 
 
-def paper_vs_run(paper: pd.DataFrame, run: pd.DataFrame, on: list[str], values: list[str]) -> pd.DataFrame:
+def paper_vs_run(paper: pd.DataFrame, run: pd.DataFrame, on: list[str], values: list[str],
+                 extra: list[str] = ()) -> pd.DataFrame:
     """Join the paper's numbers with this run's on the key columns ``on``.
 
-    Returns the keys then, for each value column v: ``v (paper)``, ``v (run)``, ``v (run - paper)``.
-    Rows missing on either side keep NaN, so nothing is dropped silently.
+    Returns the keys, the run's ``extra`` columns (e.g. weights, so that several runs of one paper
+    row stay separate rows), then for each value column v: ``v (paper)``, ``v (run)``,
+    ``v (run - paper)``. Rows missing on either side keep NaN, so nothing is dropped silently.
     """
-    merged = paper[on + values].merge(run[on + values], on=on, how="outer", suffixes=(" (paper)", " (run)"))
-    columns = list(on)
+    extra = list(extra)
+    merged = paper[on + values].merge(run[on + extra + values], on=on, how="outer", suffixes=(" (paper)", " (run)"))
+    columns = list(on) + extra
     for v in values:
         merged[f"{v} (run - paper)"] = merged[f"{v} (run)"] - merged[f"{v} (paper)"]
         columns += [f"{v} (paper)", f"{v} (run)", f"{v} (run - paper)"]

@@ -12,6 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # Notebooks run by the tests use the smoke profile; the mirror defaults to the sibling shared/data.
 os.environ["NBUTILS_PROFILE"] = "smoke"
 os.environ.setdefault("NBUTILS_DATA", str(ROOT.parent / "shared" / "data"))
+# absolute paths: notebooks run with book/ as their working directory
+os.environ["NBUTILS_DATA"] = os.pathsep.join(str(Path(p).resolve()) for p in os.environ["NBUTILS_DATA"].split(os.pathsep) if p)
 
 
 def tiny_classifier(seed: int = 0, channels: int = 3, classes: int = 10) -> Classifier:

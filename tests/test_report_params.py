@@ -43,6 +43,13 @@ def test_paper_vs_run_gives_differences_and_keeps_unmatched_rows():
     assert set(table["model"]) == {"a", "b", "c"} and table["err (run - paper)"].isna().sum() == 2
 
 
+def test_paper_vs_run_keeps_several_runs_of_one_paper_row_apart():
+    paper = pd.DataFrame({"model": ["a"], "err": [10.0]})
+    run = pd.DataFrame({"model": ["a", "a"], "weights": ["V1", "V2"], "err": [15.0, 11.0]})
+    table = report.paper_vs_run(paper, run, on=["model"], values=["err"], extra=["weights"])
+    assert table["weights"].tolist() == ["V1", "V2"] and table["err (run - paper)"].tolist() == [5.0, 1.0]
+
+
 def test_write_results_writes_csv_and_json_with_provenance(tmp_path):
     table = pd.DataFrame({"eps": [0.0, 0.1], "top1_error": [20.0, 90.0]})
     record = report.provenance(seed=3, device="cpu", profile="smoke", started=0.0, model="m")
