@@ -23,9 +23,9 @@ def test_there_are_chapters():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("notebook", CHAPTERS, ids=lambda p: p.stem)
-def test_chapter_runs_under_nbval_in_the_smoke_profile(notebook, tmp_path):
+def test_chapter_runs_under_nbval_in_the_smoke_profile(notebook):
     run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax", "--nbval-current-env",
-         "--rootdir", str(tmp_path), str(notebook)], timeout=1200)
+         str(notebook)], timeout=1200)
 
 
 @pytest.mark.slow
