@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .checks import check_choice
-from .data import sha256_file
+from .data import imagenet_class_names, sha256_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -142,7 +142,6 @@ def _torchvision_state_dict(weights, download: bool) -> dict:
 
 def _torchvision_classifier(name: str, weights: str, download: bool, channels_last: bool) -> Classifier:
     import torchvision.models as tvm
-    from .data import imagenet_class_names
     spec = TORCHVISION_MODELS[name]
     net = getattr(tvm, spec.builder)(weights=None)
     if weights == RANDOM_WEIGHTS:
@@ -171,7 +170,6 @@ def standin_weights_path() -> Path:
 
 def _standin_classifier(weights: str, channels_last: bool) -> Classifier:
     import timm
-    from .data import imagenet_class_names
     net = timm.create_model(STANDIN_NAME, pretrained=False)
     weights_id = "random-init"
     if weights != RANDOM_WEIGHTS:
