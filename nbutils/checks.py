@@ -81,6 +81,15 @@ def check_positive_int(value, name: str) -> int:
     return value
 
 
+def check_seed(seed, name: str = "seed") -> int:
+    """A Python int >= 0 (bools rejected)."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"{name} must be an int, got {type(seed).__name__} {seed!r}")
+    if seed < 0:
+        raise ValueError(f"{name} must be >= 0, got {seed}")
+    return seed
+
+
 def check_choice(value, choices: Sequence[str], name: str) -> str:
     """One of a fixed set of strings."""
     if not isinstance(value, str):

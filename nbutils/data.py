@@ -25,6 +25,7 @@ from PIL import Image
 from torchvision.transforms import functional as TF
 
 from .checks import check_choice
+from .files import atomic_path
 
 ENV_VAR = "NBUTILS_DATA"
 TINY_IMAGENET_URL = "https://raw.githubusercontent.com/phlippe/saved_models/main/tutorial10/TinyImageNet.zip"
@@ -135,23 +136,16 @@ def download_file(url: str, dest: Path, *, sha256: str | None = None, timeout: f
     The bytes go to a temporary file beside ``dest`` and are renamed into place only when complete
     and, if ``sha256`` is given, matching it; a mismatch raises ValueError and leaves no file.
     """
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+    with atomic_path(dest, suffix=".part") as tmp:
+        with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
             while block := response.read(1 << 20):
                 digest.update(block)
                 out.write(block)
         actual = digest.hexdigest()
         if sha256 is not None and actual != sha256.lower():
             raise ValueError(f"checksum mismatch downloading {url}: expected sha256 {sha256}, got {actual}")
-        os.replace(tmp, dest)
-        return actual
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    return actual
 
 
 def extract_zip(archive: Path, dest_dir: Path) -> None:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -12,6 +11,8 @@ matplotlib.use(os.environ.get("MPLBACKEND", "Agg"), force=False)
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+
+from .files import atomic_path  # noqa: E402
 
 
 def to_hwc(image: torch.Tensor):
@@ -65,10 +66,11 @@ def prediction_grid(images: torch.Tensor, probs: torch.Tensor, indices: torch.Te
     return fig
 
 
-def error_vs_eps(table: pd.DataFrame, *, hue: str = "model", style: str | None = None,
-                 metrics: Sequence[str] = ("top1_error", "top5_error"), paper: pd.DataFrame | None = None,
-                 xlabel: str = "eps", title: str = ""):
-    """Error (%) against eps, one panel per metric, one line per ``hue`` (and ``style``) group.
+def curves(table: pd.DataFrame, *, x: str = "eps", hue: str = "model", style: str | None = None,
+           metrics: Sequence[str] = ("top1_error", "top5_error"), paper: pd.DataFrame | None = None,
+           xlabel: str | None = None, title: str = ""):
+    """Percentages (errors, success rates) against ``x``, one panel per metric, one line per
+    ``hue`` (and ``style``) group; y from 0 to 100.
 
     paper: optional rows with the same columns, drawn dashed with hollow markers.
     """
@@ -76,15 +78,52 @@ def error_vs_eps(table: pd.DataFrame, *, hue: str = "model", style: str | None =
     keys = [hue] + ([style] if style else [])
     for ax, metric in zip(axes[0], metrics):
         for key, rows in table.groupby(keys, sort=False):
-            ax.plot(rows["eps"], rows[metric], marker="o", label=" / ".join(map(str, key if isinstance(key, tuple) else (key,))))
+            ax.plot(rows[x], rows[metric], marker="o", label=" / ".join(map(str, key if isinstance(key, tuple) else (key,))))
         if paper is not None:
             for key, rows in paper.groupby(hue, sort=False):
-                ax.plot(rows["eps"], rows[metric], linestyle="--", marker="o", mfc="none", label=f"{key} (paper)")
-        ax.set_xlabel(xlabel)
+                ax.plot(rows[x], rows[metric], linestyle="--", marker="o", mfc="none", label=f"{key} (paper)")
+        ax.set_xlabel(xlabel or x)
         ax.set_ylabel(f"{metric.replace('_', ' ')} (%)")
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
-    axes[0, -1].legend(fontsize=8, loc="lower right")
+    axes[0, -1].legend(fontsize=8, loc="best")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def heatmap(ax, table: pd.DataFrame, *, fmt: str = "{:.1f}", vmin: float = 0, vmax: float = 100, title: str = ""):
+    """An annotated heat map of a 2-D table (rows x columns of numbers, e.g. target x patch size)."""
+    image = ax.imshow(table.to_numpy(dtype=float), cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
+    ax.set_xticks(range(table.shape[1]), [str(c) for c in table.columns])
+    ax.set_yticks(range(table.shape[0]), [str(r) for r in table.index])
+    for (r, c), value in pd.DataFrame(table.to_numpy(dtype=float)).stack().items():
+        ax.text(c, r, fmt.format(value), ha="center", va="center", fontsize=8,
+                color="black" if value > (vmin + vmax) / 2 else "white")
+    ax.set_xlabel(table.columns.name or "")
+    ax.set_ylabel(table.index.name or "")
+    ax.set_title(title, fontsize=10)
+    return image
+
+
+def image_grid(images: dict, *, rows: Sequence, cols: Sequence, row_label=str, col_label=str, title: str = "",
+               cell: float = 1.4):
+    """Images laid out by (row, col) key, e.g. a patch gallery (target x size); missing keys blank.
+
+    images: {(row, col): (C, H, W) tensor in [0, 1]}. Returns the figure.
+    """
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(cell * len(cols) + 1, cell * len(rows) + 0.4), squeeze=False)
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            ax = axes[i, j]
+            ax.axis("off")
+            if (r, c) in images:
+                ax.imshow(to_hwc(images[(r, c)]), cmap="gray", interpolation="nearest")
+            if i == 0:
+                ax.set_title(col_label(c), fontsize=9)
+            if j == 0:
+                ax.text(-0.1, 0.5, row_label(r), transform=ax.transAxes, ha="right", va="center", fontsize=9)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -93,18 +132,9 @@ def error_vs_eps(table: pd.DataFrame, *, hue: str = "model", style: str | None =
 
 def save_figure(fig, path: Path, dpi: int = 110) -> Path:
     """Save as PNG atomically (temporary file, then rename) and return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return Path(path)
 
 
 def fgsm_explorer(model, images: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str], *,

@@ -6,11 +6,9 @@ which versions, how long), through atomic writes, so an interrupted run never le
 from __future__ import annotations
 
 import json
-import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
@@ -19,24 +17,16 @@ import pandas as pd
 import torch
 
 from .data import project_root
+from .files import atomic_path
 
 VERSIONED = ("torch", "torchvision", "timm", "numpy", "pandas", "nbutils", "torchattacks", "scikit-learn")
 
 
 def atomic_write_text(path: Path, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file renamed into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; results are meant to be read
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
 
 
 def package_versions(names=VERSIONED) -> dict[str, str]:
@@ -51,7 +41,10 @@ def package_versions(names=VERSIONED) -> dict[str, str]:
 
 
 def git_commit() -> str | None:
-    """The checkout's HEAD commit (with '+dirty' if modified), or None outside a git checkout."""
+    """The checkout's HEAD commit (with '+dirty' if modified), ``$NBUTILS_GIT_COMMIT`` when set (a copy
+    of the tree without its .git, e.g. on a remote GPU), or None outside a git checkout."""
+    if os.environ.get("NBUTILS_GIT_COMMIT"):
+        return os.environ["NBUTILS_GIT_COMMIT"]
     root = project_root()
     if root is None:
         return None
