@@ -318,20 +318,21 @@ def evaluate_patch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     device, size, n = model_device(model), patch.shape[-1], images.shape[0]
     generator = torch.Generator().manual_seed(seed)
     positions = torch.stack([random_positions(n, images.shape[-2:], size, generator) for _ in range(placements)])
-    top1 = torch.zeros(n, dtype=torch.long)
-    top5 = torch.zeros(n, dtype=torch.long)
-    patch = patch.to(device)
+    positions, patch = positions.to(device), patch.to(device)
+    top1 = torch.zeros(n, dtype=torch.long, device=device)  # hit counts stay on the device: no sync per batch
+    top5 = torch.zeros(n, dtype=torch.long, device=device)
     with evaluation_mode(model), torch.inference_mode():
         for s in batch_slices(n, batch_size):
-            current = images[s].to(device)
+            current = images[s].to(device, non_blocking=True)
             for j in range(placements):
                 patched = paste(current, patch, positions[j, s])
                 if stacked:
                     current = patched
                 logits = model(patched)
                 top = logits.topk(min(k, logits.shape[1]), dim=1).indices
-                top1[s] += (top[:, 0] == target).cpu()
-                top5[s] += (top == target).any(dim=1).cpu()
+                top1[s] += top[:, 0] == target
+                top5[s] += (top == target).any(dim=1)
+    top1, top5 = top1.cpu(), top5.cpu()
     return PatchScore(top1, top5, labels.cpu() != target, placements)
 
 

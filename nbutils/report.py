@@ -6,6 +6,7 @@ which versions, how long), through atomic writes, so an interrupted run never le
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
