@@ -218,3 +218,37 @@ def model_device(model: nn.Module) -> torch.device:
         return t.device
     return torch.device("cpu")
 
+
+
+# ---------------------------------------------------------------------------------------------
+# MNIST
+
+class MnistNet(nn.Module):
+    """The PyTorch examples MNIST Net, returning logits (the source applies log_softmax in the loss).
+
+    conv 1->c1 3x3, ReLU, conv c1->c2 3x3, ReLU, maxpool 2, dropout 0.25, fc (c2*12*12)->hidden, ReLU,
+    dropout 0.5, fc hidden->10. (32, 64, 128) is the paper's net; (16, 32, 64) the source's halved
+    distilled student, which the paper does not mention. Input (N, 1, 28, 28) in [0, 1].
+    """
+
+    def __init__(self, c1: int = 32, c2: int = 64, hidden: int = 128):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, c1, 3), nn.ReLU(), nn.Conv2d(c1, c2, 3), nn.ReLU(),
+                                      nn.MaxPool2d(2), nn.Dropout(0.25), nn.Flatten())
+        self.classifier = nn.Sequential(nn.Linear(c2 * 12 * 12, hidden), nn.ReLU(), nn.Dropout(0.5),
+                                        nn.Linear(hidden, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+MNIST_MODELS = {"net": (32, 64, 128), "student": (16, 32, 64)}
+
+
+def mnist_model(name: str = "net", *, seed: int = 0, device: str | torch.device = "cpu") -> Classifier:
+    """A freshly initialised (seeded) MNIST :class:`Classifier`: "net" (the paper's) or "student"
+    (the source's halved distilled net). Pixels in [0, 1], no normalisation (as in the source)."""
+    check_choice(name, list(MNIST_MODELS), "MNIST model name")
+    torch.manual_seed(seed)
+    return Classifier(MnistNet(*MNIST_MODELS[name]), [0.0], [1.0], name=f"mnist_{name}", weights_id=f"init-seed{seed}",
+                      class_names=[str(d) for d in range(10)], resize=None, crop=None).to(device)

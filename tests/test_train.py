@@ -1,0 +1,162 @@
+"""MNIST nets, the tensor training loop, distillation, PGD and C&W-L2."""
+import pytest
+import torch
+import torch.nn.functional as F
+import torchattacks
+from torch import nn
+
+from nbutils.attacks import attack_loss, cw_l2, fgsm, pgd
+from nbutils.models import Classifier, mnist_model
+from nbutils.train import distill, fit, soft_cross_entropy, soft_labels
+from conftest import tiny_classifier
+
+
+def digits(n=96, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def test_mnist_nets_have_the_papers_and_the_halved_shapes():
+    net, student = mnist_model("net"), mnist_model("student")
+    assert net(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    assert net.net.classifier[0].in_features == 9216 and student.net.classifier[0].in_features == 4608
+    assert student.net.classifier[0].out_features == 64
+    with pytest.raises(ValueError, match="MNIST model name"):
+        mnist_model("lenet")
+
+
+def test_fit_is_identical_under_a_seed_and_learns():
+    x, y = digits()
+    runs = []
+    for _ in range(2):
+        model = mnist_model("student", seed=1)
+        history = fit(model, x, y, x[:32], y[:32], epochs=3, batch_size=16, lr=1e-3, seed=7, progress=False)
+        runs.append((model, history.to_frame()))
+    (a, ha), (b, hb) = runs
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    assert ha.drop(columns="seconds").equals(hb.drop(columns="seconds"))
+    assert ha["train_loss"].iloc[-1] < ha["train_loss"].iloc[0]
+    assert list(ha.columns) == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+
+
+def test_plateau_scheduler_cuts_the_learning_rate_on_a_flat_validation_loss():
+    x, y = digits(32)
+    model = mnist_model("student")
+    history = fit(model, x, y, x[:8], y[:8], epochs=6, batch_size=32, lr=0.0, scheduler_patience=1,
+                  progress=False).to_frame()
+    assert history["lr"].iloc[-1] == 0.0  # lr 0: loss flat, the scheduler still multiplies by 0.1
+    model2 = mnist_model("student")
+    h2 = fit(model2, x, y, x[:8], y[:8], epochs=4, batch_size=32, lr=1e-6, scheduler_patience=1,
+             progress=False).to_frame()
+    assert h2["lr"].iloc[-1] < 1e-6
+
+
+def test_soft_cross_entropy_is_the_hand_computed_distillation_loss():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
+    soft = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    t = 4.0
+    by_hand = 0.0
+    for z, p in zip(logits.tolist(), soft.tolist()):
+        scaled = [v / t for v in z]
+        log_norm = torch.logsumexp(torch.tensor(scaled), 0).item()
+        by_hand += -sum(pk * (zk - log_norm) for pk, zk in zip(p, scaled))
+    assert soft_cross_entropy(logits, soft, t).item() == pytest.approx(by_hand / 2, rel=1e-6)
+    # with one-hot targets it is the ordinary cross-entropy at T
+    onehot = F.one_hot(torch.tensor([0, 2]), 3).float()
+    assert soft_cross_entropy(logits, onehot, t).item() == pytest.approx(F.cross_entropy(logits / t, torch.tensor([0, 2])).item())
+
+
+def test_distill_uses_the_soft_labels_unless_told_to_reproduce_the_bug():
+    x, y = digits(64)
+    teacher = mnist_model("net", seed=0)
+    fit(teacher, x, y, x[:16], y[:16], epochs=1, batch_size=32, lr=1e-3, temperature=20, progress=False)
+    soft = soft_labels(teacher, x, 20)
+    assert torch.allclose(soft.sum(1), torch.ones(64)) and soft.max() < 1
+    sound = mnist_model("student", seed=2)
+    buggy = mnist_model("student", seed=2)
+    distill(teacher, sound, x, y, x[:16], y[:16], temperature=20, epochs=1, batch_size=32, progress=False)
+    distill(teacher, buggy, x, y, x[:16], y[:16], temperature=20, use_soft_labels=False, epochs=1, batch_size=32,
+            progress=False)
+    assert not torch.equal(sound.net.classifier[-1].weight, buggy.net.classifier[-1].weight)
+
+
+def test_pgd_equals_torchattacks_pgd_without_random_start():
+    model = tiny_classifier()
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.rand(10, 3, 8, 8, generator=g), torch.randint(0, 10, (10,), generator=g)
+    ours = pgd(model, x, y, 8 / 255, alpha=2 / 255, steps=7)
+    theirs = torchattacks.PGD(model, eps=8 / 255, alpha=2 / 255, steps=7, random_start=False)(x, y)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_pgd_stays_in_the_ball_and_the_image_range_and_eps_zero_is_identity(norm):
+    model = tiny_classifier()
+    x, y = torch.rand(6, 3, 8, 8), torch.randint(0, 10, (6,))
+    adv = pgd(model, x, y, 0.3, alpha=0.1, steps=5, norm=norm, random_start=True)
+    size = (adv - x).abs().flatten(1).amax(1) if norm == "linf" else (adv - x).flatten(1).norm(dim=1)
+    assert (size <= 0.3 + 1e-5).all() and adv.min() >= 0 and adv.max() <= 1
+    assert torch.equal(pgd(model, x, y, 0.0, alpha=0.1, steps=3, norm=norm), x)
+
+
+def test_pgd_with_a_random_start_is_seeded():
+    model, x, y = tiny_classifier(), torch.rand(4, 3, 8, 8), torch.randint(0, 10, (4,))
+    a = pgd(model, x, y, 0.1, alpha=0.01, steps=2, random_start=True, seed=1)
+    assert torch.equal(a, pgd(model, x, y, 0.1, alpha=0.01, steps=2, random_start=True, seed=1))
+    assert not torch.equal(a, pgd(model, x, y, 0.1, alpha=0.01, steps=2, random_start=True, seed=2))
+
+
+def test_margin_loss_and_temperature_see_through_a_saturated_softmax():
+    # logits scaled by 1e6 saturate float32 softmax (every other class underflows to 0): the CE
+    # gradient is exactly zero and FGSM is a no-op, as on a distilled net tested at T = 1
+    base = tiny_classifier()
+    saturated = Classifier(nn.Sequential(base.net, ScaleBy(1e6)), [0.4] * 3, [0.25] * 3, name="sat",
+                           weights_id="x", class_names=base.class_names, resize=None, crop=None)
+    x = torch.rand(6, 3, 8, 8)
+    y = saturated(x).argmax(1)
+    assert torch.equal(fgsm(saturated, x, y, 0.1), x)
+    assert not torch.equal(fgsm(saturated, x, y, 0.1, loss="margin"), x)
+    assert not torch.equal(fgsm(saturated, x, y, 0.1, temperature=1e6), x)
+    assert attack_loss(torch.tensor([[3.0, 1.0, 2.0]]), torch.tensor([0]), "margin").item() == -1.0
+
+
+class ScaleBy(nn.Module):
+    def __init__(self, factor):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, z):
+        return z * self.factor
+
+
+def test_cw_l2_reaches_the_analytic_minimal_distance_of_a_linear_model():
+    # Two classes, logit difference d(x) = w.x + b: the closest point across the boundary is at
+    # distance |d(x)| / ||w||, inside [0, 1] here since the images sit mid-range.
+    torch.manual_seed(0)
+    linear = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+    model = Classifier(linear, [0.0], [1.0], name="lin", weights_id="x", class_names=["a", "b"], resize=None, crop=None)
+    x = 0.5 + 0.05 * torch.randn(5, 1, 4, 4)
+    y = model(x).argmax(1)
+    w = linear[1].weight[1] - linear[1].weight[0]
+    d = (x.flatten(1) @ w + linear[1].bias[1] - linear[1].bias[0]).abs()
+    analytic = d / w.norm()
+    adv = cw_l2(model, x, y, c=1.0, steps=300, search_steps=8, lr=0.01)
+    found = (adv - x).flatten(1).norm(dim=1)
+    assert (model(adv).argmax(1) != y).all()
+    assert torch.allclose(found, analytic.detach(), rtol=0.08, atol=2e-3)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda m, x, y: pgd(m, x, y, -0.1, alpha=0.1, steps=1), "eps"),
+    (lambda m, x, y: pgd(m, x, y, 0.1, alpha=0.1, steps=0), "steps"),
+    (lambda m, x, y: pgd(m, x, y, 0.1, alpha=0.1, steps=1, norm="l1"), "norm"),
+    (lambda m, x, y: pgd(m, x, y, 0.1, alpha=0.1, steps=1, loss="mse"), "loss"),
+    (lambda m, x, y: fgsm(m, x, y, 0.1, temperature=0), "temperature"),
+    (lambda m, x, y: cw_l2(m, x, y, c=float("nan")), "c"),
+    (lambda m, x, y: fit(m, x, y, x, y, epochs=0), "epochs"),
+    (lambda m, x, y: fit(m, x, y[:3], x, y), "labels"),
+])
+def test_bad_input_names_the_argument(call, match):
+    model, (x, y) = mnist_model("student"), digits(8)
+    with pytest.raises((ValueError, TypeError), match=match):
+        call(model, x, y)
