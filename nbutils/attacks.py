@@ -27,6 +27,7 @@ from .checks import check_choice, check_eps, check_epsilons, check_images, check
 from .models import model_device
 
 CONVENTIONS = ("pixel", "normalised")
+NORMS = ("linf", "l2")
 
 
 def batch_slices(n: int, batch_size: int) -> Iterator[slice]:
@@ -225,8 +226,6 @@ def pgd(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float
         out[s] = adv.to(out.device)
     return out
 
-
-NORMS = ("linf", "l2")
 
 
 def _l2(t: torch.Tensor) -> torch.Tensor:
