@@ -10,7 +10,6 @@ reported. Prints seconds per side and the ratio ours / reference.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 import torchattacks
@@ -19,6 +18,7 @@ from nbutils import data
 from nbutils.attacks import batch_slices, fgsm_sweep
 from nbutils.models import default_device, imagenet_model
 from nbutils.report import device_name
+from timing import best_time
 
 EPSILONS = [i / 255 for i in range(1, 11)]
 
@@ -34,24 +34,6 @@ def reference_sweep(model, images, labels, epsilons, batch_size, k=5):
             with torch.inference_mode():
                 out[i, s] = model(adv).topk(k, dim=1).indices.cpu()
     return out
-
-
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, device, repeats):
-    """Best wall time of ``repeats`` runs (after one warm-up run) and the last result."""
-    result = fn()
-    best = float("inf")
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        result = fn()
-        synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return best, result
 
 
 def main():
@@ -74,8 +56,8 @@ def main():
         sample = data.imagenet_sample(classes=range(args.n_images))
         images, labels = sample.images, sample.labels
 
-    ours_s, ours = timed(lambda: fgsm_sweep(model, images, labels, EPSILONS, batch_size=args.batch_size), device, args.repeats)
-    ref_s, ref = timed(lambda: reference_sweep(model, images, labels, EPSILONS, args.batch_size), device, args.repeats)
+    ours_s, ours = best_time(lambda: fgsm_sweep(model, images, labels, EPSILONS, batch_size=args.batch_size), device, args.repeats)
+    ref_s, ref = best_time(lambda: reference_sweep(model, images, labels, EPSILONS, args.batch_size), device, args.repeats)
     agree = (ours.adv_topk == ref).all(-1).double().mean().item()
     print(f"machine: {device_name(device)}; torch {torch.__version__}")
     print(f"model {model.label} ({model.weights_id}), {args.n_images} images, batch {args.batch_size}, 10 eps")

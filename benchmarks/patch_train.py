@@ -17,7 +17,6 @@ and the target rate of a patch trained each way (needs pretrained weights to mea
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import torch
@@ -28,26 +27,14 @@ from nbutils.attacks import batch_slices
 from nbutils.models import default_device, imagenet_model
 from nbutils.patch import PAPER_TARGETS, evaluate_patch, patch_pixels, patch_train_step, random_positions, train_patch
 from nbutils.report import device_name
-
-TARGET = PAPER_TARGETS["piggy bank"]
-
-
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+from timing import best_time
 
 
 def images_per_second(fn, n_images, device, repeats):
     """Best throughput of ``repeats`` timed calls of ``fn`` (after one warm-up call)."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return n_images / best
+    return n_images / best_time(fn, device, repeats)[0]
+
+TARGET = PAPER_TARGETS["piggy bank"]
 
 
 def floor_step(model, batch, target):

@@ -12,7 +12,6 @@ Normalize, which the paper's source does not use). Prints seconds per epoch and 
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 import torch.nn.functional as F
@@ -23,11 +22,7 @@ from nbutils import data
 from nbutils.models import default_device, mnist_model
 from nbutils.report import device_name
 from nbutils.train import fit
-
-
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+from timing import best_time
 
 
 def dataloader_epoch(model, root, device, batch_size, workers):
@@ -68,14 +63,13 @@ def main():
     timings = {}
     for name in ("fit", "dataloader"):
         model = mnist_model("net", seed=0, device=device)
-        synchronize(device)
-        start = time.perf_counter()
         if name == "fit":
-            acc = fit(model, x, y, vx, vy, epochs=1, batch_size=args.batch_size, lr=1e-4, progress=False).rows[0]["val_acc"]
+            epoch = lambda: fit(model, x, y, vx, vy, epochs=1, batch_size=args.batch_size, lr=1e-4,  # noqa: E731
+                                progress=False).rows[0]["val_acc"]
         else:
-            acc = dataloader_epoch(model, str(data.resolve("mnist").path.parent), device, args.batch_size, args.workers)
-        synchronize(device)
-        timings[name] = time.perf_counter() - start
+            epoch = lambda: dataloader_epoch(model, str(data.resolve("mnist").path.parent), device,  # noqa: E731
+                                             args.batch_size, args.workers)
+        timings[name], acc = best_time(epoch, device, warmup=False)
         print(f"{name}: {timings[name]:.1f} s for one epoch, validation accuracy {acc:.4f}")
     print(f"machine: {device_name(device)}; torch {torch.__version__}; batch {args.batch_size}; "
           f"DataLoader workers {args.workers}")

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checks import check_choice, check_eps, check_epsilons, check_images, check_labels, check_positive_int
+from .checks import (check_choice, check_eps, check_epsilons, check_images, check_labels, check_positive_int,
+                     check_positive_number)
 from .models import model_device
 
 CONVENTIONS = ("pixel", "normalised")
@@ -93,8 +94,7 @@ def fgsm_step(images: torch.Tensor, grad_sign: torch.Tensor, eps: float, unit: t
 def check_loss(loss: str, temperature: float) -> None:
     """An attack loss name from LOSSES and a positive, finite temperature."""
     check_choice(loss, LOSSES, "loss")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < float("inf"):
-        raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
+    check_positive_number(temperature, "temperature")
 
 
 def _check_attack_args(model, images, labels, convention, batch_size):
@@ -227,16 +227,15 @@ def pgd(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float
     return out
 
 
-
 def _l2(t: torch.Tensor) -> torch.Tensor:
     """Per-image L2 norm, (N,)."""
     return t.flatten(1).norm(dim=1)
 
 
 def _random_start(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator) -> torch.Tensor:
-    noise = torch.rand(x.shape, generator=generator) * 2 - 1
+    """A random offset in the eps-ball: uniform per pixel (L-inf), or a random direction and radius (L2)."""
     if norm == "linf":
-        return eps * noise
+        return eps * (torch.rand(x.shape, generator=generator) * 2 - 1)
     noise = torch.randn(x.shape, generator=generator)
     radius = eps * torch.rand(x.shape[0], generator=generator)
     return noise * (radius / _l2(noise).clamp_min(1e-12))[:, None, None, None]

@@ -81,6 +81,15 @@ def check_positive_int(value, name: str) -> int:
     return value
 
 
+def check_positive_number(value, name: str) -> float:
+    """A finite real number > 0 (bools rejected)."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    if not 0 < float(value) < math.inf:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
 def check_seed(seed, name: str = "seed") -> int:
     """A Python int >= 0 (bools rejected)."""
     if isinstance(seed, bool) or not isinstance(seed, int):

@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .attacks import batch_slices
-from .checks import check_images, check_labels, check_positive_int, check_seed
+from .checks import check_images, check_labels, check_positive_int, check_positive_number, check_seed
 from .models import model_device
 
 
@@ -82,8 +82,7 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, val_images
     check_positive_int(epochs, "epochs")
     check_positive_int(batch_size, "batch_size")
     check_seed(seed)
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    check_positive_number(temperature, "temperature")
     if soft_targets is not None and soft_targets.shape != (images.shape[0], model.num_classes):
         raise ValueError(f"soft_targets must have shape ({images.shape[0]}, {model.num_classes}), "
                          f"got {tuple(soft_targets.shape)}")
