@@ -25,11 +25,21 @@ from nbutils.train import fit
 from timing import best_time
 
 
+def loaders(root, batch_size, workers):
+    """The example's DataLoaders over the same 50k/10k split: (train, validation)."""
+    dataset = torchvision.datasets.MNIST(root, train=True, download=False, transform=torchvision.transforms.ToTensor())
+    return (DataLoader(Subset(dataset, range(50_000)), batch_size=batch_size, shuffle=True, num_workers=workers),
+            DataLoader(Subset(dataset, range(50_000, 60_000)), batch_size=1000, num_workers=workers))
+
+
+def loading_only(root, batch_size, workers):
+    """One pass over both loaders with no model: the part of the reference that fit removes."""
+    return sum(x.shape[0] for loader in loaders(root, batch_size, workers) for x, _ in loader)
+
+
 def dataloader_epoch(model, root, device, batch_size, workers):
     """The PyTorch examples' train() and test() loops for one epoch, on the same 50k/10k split."""
-    dataset = torchvision.datasets.MNIST(root, train=True, download=False, transform=torchvision.transforms.ToTensor())
-    train_loader = DataLoader(Subset(dataset, range(50_000)), batch_size=batch_size, shuffle=True, num_workers=workers)
-    val_loader = DataLoader(Subset(dataset, range(50_000, 60_000)), batch_size=1000, num_workers=workers)
+    train_loader, val_loader = loaders(root, batch_size, workers)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     model.train()
     for x, y in train_loader:
@@ -60,20 +70,25 @@ def main():
 
     warm = mnist_model("net", seed=0, device=device)  # CUDA context, cuDNN and cuBLAS set-up, outside the timings
     fit(warm, x[:640], y[:640], vx[:100], vy[:100], epochs=1, batch_size=args.batch_size, progress=False)
+    root = str(data.resolve("mnist").path.parent)
     timings = {}
-    for name in ("fit", "dataloader"):
+    sides = ("fit", "fit, no CUDA graph", "dataloader") if device.type == "cuda" else ("fit", "dataloader")
+    for name in sides:
         model = mnist_model("net", seed=0, device=device)
-        if name == "fit":
+        if name.startswith("fit"):
             epoch = lambda: fit(model, x, y, vx, vy, epochs=1, batch_size=args.batch_size, lr=1e-4,  # noqa: E731
-                                progress=False).rows[0]["val_acc"]
+                                cuda_graph=name == "fit", progress=False).rows[0]["val_acc"]
         else:
-            epoch = lambda: dataloader_epoch(model, str(data.resolve("mnist").path.parent), device,  # noqa: E731
-                                             args.batch_size, args.workers)
+            epoch = lambda: dataloader_epoch(model, root, device, args.batch_size, args.workers)  # noqa: E731
         timings[name], acc = best_time(epoch, device, warmup=False)
         print(f"{name}: {timings[name]:.1f} s for one epoch, validation accuracy {acc:.4f}")
+    loading, _ = best_time(lambda: loading_only(root, args.batch_size, args.workers), device, warmup=False)
+    ceiling = timings["dataloader"] / max(timings["dataloader"] - loading, 1e-9)
+    print(f"data loading alone: {loading:.1f} s; removing it entirely would give at most {ceiling:.2f}x")
     print(f"machine: {device_name(device)}; torch {torch.__version__}; batch {args.batch_size}; "
           f"DataLoader workers {args.workers}")
-    print(f"speed-up of fit over the DataLoader loop: {timings['dataloader'] / timings['fit']:.2f}x")
+    for name in sides[:-1]:
+        print(f"speed-up of {name} over the DataLoader loop: {timings['dataloader'] / timings[name]:.2f}x")
 
 
 if __name__ == "__main__":

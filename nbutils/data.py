@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import urllib.request
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Sequence
@@ -56,10 +56,24 @@ class LabelledImages:
         return LabelledImages(self.images[index], self.labels[index], self.class_names, self.name,
                               self.root, self.checksums_verified, files)
 
+    def split(self, n_val: int, seed: int) -> tuple["LabelledImages", "LabelledImages"]:
+        """A seeded random split into (train, validation) parts, the second of ``n_val`` images."""
+        train_index, val_index = split_indices(len(self), n_val, torch.Generator().manual_seed(seed))
+        train, val = self.subset(train_index), self.subset(val_index)
+        return replace(train, name=f"{self.name}[train split]"), replace(val, name=f"{self.name}[val split]")
+
     def describe(self) -> dict:
         """Provenance: dataset name, count, where it came from, whether its checksums were verified."""
         return {"dataset": self.name, "count": len(self), "root": self.root,
                 "checksums_verified": self.checksums_verified}
+
+
+def split_indices(n: int, n_val: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random split of range(n) into (train, val) index tensors, val of size ``n_val``."""
+    if not 0 <= n_val < n:
+        raise ValueError(f"n_val must lie in [0, {n}), got {n_val}")
+    order = torch.randperm(n, generator=generator)
+    return order[n_val:], order[:n_val]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,15 +1,17 @@
-"""Evaluation: batched inference and top-k error."""
+"""Evaluation: batched inference, top-k error, accuracy under FGSM (two protocols), and the
+signature of a masked gradient."""
 from __future__ import annotations
 
-from typing import Sequence
+import time
+from typing import Callable, Sequence
 
 import pandas as pd
 import torch
 from torch import nn
 
-from .attacks import batch_slices
-from .checks import check_images, check_labels, check_positive_int
-from .models import model_device
+from .attacks import batch_slices, fgsm_step, fgsm_sweep, input_gradient
+from .checks import check_choice, check_epsilons, check_images, check_labels, check_positive_int, check_seed
+from .models import model_device, module_mode
 
 
 def predict(model: nn.Module, images: torch.Tensor, *, batch_size: int = 128) -> torch.Tensor:
@@ -50,3 +52,122 @@ def topk_table(logits: torch.Tensor, labels: torch.Tensor, class_names: Sequence
     return pd.DataFrame([{"image": i, "true_class": class_names[int(labels[i])], "rank": r + 1,
                           "class": class_names[int(index[i, r])], "confidence": float(probs[i, r])}
                          for i in range(logits.shape[0]) for r in range(k)])
+
+
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int = 1000) -> float:
+    """Fraction of ``images`` whose top-1 prediction is the label, in eval mode (dropout off)."""
+    with module_mode(model, training=False):
+        return 1.0 - topk_error(predict(model, images, batch_size=batch_size), labels, 1) / 100.0
+
+
+#: How :func:`fgsm_accuracy` tests a model: the sound way, or the way the paper's source notebook did.
+FGSM_PROTOCOLS = ("sound", "source")
+
+
+def fgsm_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epsilons, *,
+                  protocol: str = "sound", batch_size: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Tables XIII-XIV: per eps, the number of test images still classified correctly under FGSM.
+
+    FGSM as in the source: ``clamp(x + eps * sign(grad), 0, 1)``, eps in pixel units, the gradient of
+    the cross-entropy of the plain logits (T = 1). images: (N, 1, H, W) in [0, 1]; labels: (N,).
+
+    * "sound": eval mode (no dropout); every image is attacked and counts as correct when the
+      adversarial image is classified correctly. One input gradient per batch serves every eps.
+    * "source" (as791's ``test()``, which the paper copied): dropout left on, as the notebook never
+      calls ``model.eval()``; for each eps a fresh pass takes the gradient with one dropout draw and
+      classifies the adversarial image with another; images the first pass gets wrong are skipped
+      but stay in the total of N, so they count as wrong. Dropout draws are seeded by ``seed``.
+
+    Returns columns eps, correct, total, accuracy, protocol (one row per eps).
+    """
+    check_choice(protocol, FGSM_PROTOCOLS, "protocol")
+    check_images(images)
+    labels = check_labels(labels, images.shape[0], num_classes=getattr(model, "num_classes", None))
+    epsilons = check_epsilons(epsilons, upper=1.0)
+    check_positive_int(batch_size, "batch_size")
+    check_seed(seed)
+    if protocol == "sound":
+        with module_mode(model, training=False):
+            correct = fgsm_sweep(model, images, labels, epsilons, batch_size=batch_size, k=1).correct(1).sum(1).tolist()
+    else:
+        correct = _source_fgsm_correct(model, images, labels, epsilons, batch_size, seed)
+    n = images.shape[0]
+    return pd.DataFrame({"eps": epsilons, "correct": correct, "total": n,
+                         "accuracy": [c / n for c in correct], "protocol": protocol})
+
+
+def _source_fgsm_correct(model, images, labels, epsilons, batch_size, seed) -> list[int]:
+    """Correct counts per eps under the source notebook's test(): dropout on, wrong first passes skipped."""
+    device = model_device(model)
+    torch.manual_seed(seed)
+    counts = []
+    with module_mode(model, training=True):
+        for eps in epsilons:
+            count = torch.zeros((), dtype=torch.long, device=device)
+            for s in batch_slices(images.shape[0], batch_size):
+                x, y = images[s].to(device), labels[s].to(device)
+                grad, logits = input_gradient(model, x, y)
+                adv = fgsm_step(x, grad.sign(), eps, 1.0, targeted=False, clamp=True)
+                with torch.inference_mode():
+                    count += ((logits.argmax(1) == y) & (model(adv).argmax(1) == y)).sum()
+            counts.append(int(count))
+    return counts
+
+
+def gradient_masking(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, temperature: float = 1.0,
+                     batch_size: int = 1000) -> pd.DataFrame:
+    """Per image, in eval mode: what FGSM's gradient sees through a softmax at ``temperature``.
+
+    Columns: grad_l1 (L1 norm of the input gradient of the cross-entropy of logits / T), grad_zero
+    (every entry exactly 0, so sign(grad) = 0 and FGSM returns the image unchanged), max_prob (the
+    float32 softmax maximum at T), saturated (max_prob rounds to exactly 1.0), logit_gap (largest
+    minus second-largest logit, unscaled). images: (N, C, H, W) in [0, 1]; labels: (N,).
+    """
+    check_images(images)
+    labels = check_labels(labels, images.shape[0], num_classes=getattr(model, "num_classes", None))
+    check_positive_int(batch_size, "batch_size")
+    device, parts = model_device(model), []
+    with module_mode(model, training=False):
+        for s in batch_slices(images.shape[0], batch_size):
+            x, y = images[s].to(device), labels[s].to(device)
+            grad, logits = input_gradient(model, x, y, temperature=temperature)
+            max_prob = (logits.float() / temperature).softmax(1).amax(1)
+            top2 = logits.topk(2, dim=1).values
+            parts.append(torch.stack([grad.abs().flatten(1).sum(1), (grad == 0).flatten(1).all(1).float(),
+                                      max_prob, (max_prob == 1.0).float(), top2[:, 0] - top2[:, 1]], 1).cpu())
+    stats = torch.cat(parts).double().numpy()
+    table = pd.DataFrame(stats, columns=["grad_l1", "grad_zero", "max_prob", "saturated", "logit_gap"])
+    return table.astype({"grad_zero": bool, "saturated": bool})
+
+
+def robustness_table(models: dict[str, nn.Module], attacks: dict[str, Callable], images: torch.Tensor,
+                     labels: torch.Tensor, *, batch_size: int = 1000) -> pd.DataFrame:
+    """Accuracy of every model under every attack: one tidy row per (defence, attack).
+
+    models: {defence name: model}, each evaluated in eval mode; attacks: {attack name: callable
+    (model, images, labels) -> adversarial images}, e.g. ``lambda m, x, y: pgd(m, x, y, 0.3, ...)``.
+    images: (N, C, H, W) in [0, 1]; labels: (N,). Columns: defence, attack, accuracy (fraction
+    classified correctly after the attack), clean_accuracy, n_images, success (fraction of clean-correct
+    images the attack turned wrong), median_linf and median_l2 (size of those successful
+    perturbations; NaN when none), seconds (wall time of the attack).
+    """
+    check_images(images)
+    labels = check_labels(labels, images.shape[0])
+    rows = []
+    for defence, model in models.items():
+        with module_mode(model, training=False):
+            clean_right = predict(model, images, batch_size=batch_size).argmax(1) == labels
+            for attack, run in attacks.items():
+                start = time.perf_counter()
+                adversarial = run(model, images, labels)
+                seconds = time.perf_counter() - start
+                right = predict(model, adversarial, batch_size=batch_size).argmax(1) == labels
+                turned = clean_right & ~right
+                delta = (adversarial - images).flatten(1)[turned]
+                rows.append({"defence": defence, "attack": attack, "accuracy": right.double().mean().item(),
+                             "clean_accuracy": clean_right.double().mean().item(), "n_images": int(labels.shape[0]),
+                             "success": turned.sum().item() / max(int(clean_right.sum()), 1),
+                             "median_linf": delta.abs().amax(1).median().item() if len(delta) else float("nan"),
+                             "median_l2": delta.norm(dim=1).median().item() if len(delta) else float("nan"),
+                             "seconds": seconds})
+    return pd.DataFrame(rows)

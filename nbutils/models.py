@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -218,6 +219,17 @@ def model_device(model: nn.Module) -> torch.device:
         return t.device
     return torch.device("cpu")
 
+
+@contextmanager
+def module_mode(model: nn.Module, *, training: bool):
+    """Run ``model`` in train (dropout on) or eval mode (no dropout, frozen BatchNorm statistics),
+    restoring its mode afterwards."""
+    was_training = model.training
+    model.train(training)
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -70,3 +70,29 @@ def patch_success() -> pd.DataFrame:
     except ResNet-101's top-1 at 32 px (48.69 against 48.89)."""
     return pd.DataFrame([{"model": m, "target": t, "size": size, "top1": _PATCH_TOP1[m][i][j], "top5": _PATCH_TOP5[m][i][j]}
                          for m in _PATCH_TOP1 for i, t in enumerate(_PATCH_TARGETS) for j, size in enumerate([32, 48, 64])])
+
+
+EPS_TABLES_XIII_XIV = [0.0, 0.007, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.3]
+_XIII = {"correct": [9698, 9650, 9625, 9585, 9525, 9366, 8556, 5405, 2727],
+         "accuracy": [0.9698, 0.9650, 0.9625, 0.9585, 0.9525, 0.9366, 0.8556, 0.5405, 0.2767]}
+_XIV = {"correct": [9291, 9275, 9265, 9275, 9246, 9216, 9211, 9131, 9291],
+        "accuracy": [0.9291, 0.9275, 0.9265, 0.9275, 0.9246, 0.9216, 0.9211, 0.9131, 0.9111]}
+
+
+def distillation_fgsm() -> pd.DataFrame:
+    """Main paper, Tables XIII (undefended MNIST net) and XIV (distilled at T = 100): correctly
+    classified test images out of 10,000 under FGSM, per eps (pixel units), as printed. Two rows
+    contradict themselves: XIII at eps 0.3 (2727 correct, accuracy 0.2767) and XIV at eps 0.3 (9291
+    correct, the eps = 0 count, accuracy 0.9111)."""
+    return pd.DataFrame([{"model": model, "eps": e, "correct": c, "total": 10_000, "accuracy": a}
+                         for model, table in (("undefended", _XIII), ("distilled", _XIV))
+                         for e, c, a in zip(EPS_TABLES_XIII_XIV, table["correct"], table["accuracy"])])
+
+
+def distillation_source() -> pd.DataFrame:
+    """The public notebook the paper copied (as791/Adversarial-Example-Attack-and-Defense), as
+    recorded in shared/FINDINGS.md: accuracy at eps 0 and 0.3, undefended and distilled."""
+    return pd.DataFrame([{"model": "undefended", "eps": 0.0, "accuracy": 0.9708},
+                         {"model": "undefended", "eps": 0.3, "accuracy": 0.2484},
+                         {"model": "distilled", "eps": 0.0, "accuracy": 0.9033},
+                         {"model": "distilled", "eps": 0.3, "accuracy": 0.8801}])

@@ -18,10 +18,9 @@ Its evaluation pastes in place, so placements 2, 3 and 4 of an image carry 2, 3 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,8 +31,9 @@ from tqdm.auto import tqdm
 
 from .attacks import batch_slices
 from .checks import check_images, check_labels, check_positive_int, check_seed
-from .files import atomic_path
-from .models import model_device
+from .data import split_indices
+from .files import load_state, save_state, settings_key
+from .models import model_device, module_mode
 
 #: The main paper's five patch targets (Tables VII-XII) and their ImageNet class indices.
 PAPER_TARGETS = {"saltshaker": 773, "soap dispenser": 804, "digital clock": 530, "piggy bank": 719, "toaster": 859}
@@ -173,17 +173,6 @@ class TrainedPatch:
         return cls(**{**state, "settings": json.loads(state["settings"])})
 
 
-@contextmanager
-def evaluation_mode(model: nn.Module):
-    """Run ``model`` in eval mode (frozen BatchNorm statistics, no dropout), restoring its mode after."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
 def _autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
@@ -208,15 +197,6 @@ def patch_train_step(model: nn.Module, images: torch.Tensor, parameter: torch.Te
     return loss.detach(), (logits.argmax(dim=1) == target).sum()
 
 
-def split_indices(n: int, val_fraction: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """A random split of range(n): (train, val) index tensors, val of size round(n * val_fraction)."""
-    if not 0 <= val_fraction < 1:
-        raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction}")
-    order = torch.randperm(n, generator=generator)
-    n_val = round(n * val_fraction)
-    return order[n_val:], order[:n_val]
-
-
 def train_patch(model: nn.Module, images: torch.Tensor, target: int, size: int, *, epochs: int = 5,
                 batch_size: int = 32, lr: float = 0.1, momentum: float = 0.8, val_fraction: float = 0.1,
                 seed: int = 0, autocast_dtype: torch.dtype | None = None, progress: bool = True) -> TrainedPatch:
@@ -237,7 +217,9 @@ def train_patch(model: nn.Module, images: torch.Tensor, target: int, size: int, 
     check_seed(seed)
     device = model_device(model)
     generator = torch.Generator().manual_seed(seed)
-    train_index, val_index = split_indices(images.shape[0], val_fraction, generator)
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction}")
+    train_index, val_index = split_indices(images.shape[0], round(images.shape[0] * val_fraction), generator)
     steps = len(train_index) // batch_size
     if steps == 0:
         raise ValueError(f"{len(train_index)} training images make no full batch of {batch_size}")
@@ -245,7 +227,7 @@ def train_patch(model: nn.Module, images: torch.Tensor, target: int, size: int, 
     optimizer = torch.optim.SGD([parameter], lr=lr, momentum=momentum)
     losses, rates = [], []
     bar = tqdm(range(epochs), desc=f"patch target {target}, {size}px", disable=not progress)
-    with evaluation_mode(model):
+    with module_mode(model, training=False):
         for _ in bar:
             order = train_index[torch.randperm(len(train_index), generator=generator)]
             epoch_loss = torch.zeros((), device=device)
@@ -321,7 +303,7 @@ def evaluate_patch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     positions, patch = positions.to(device), patch.to(device)
     top1 = torch.zeros(n, dtype=torch.long, device=device)  # hit counts stay on the device: no sync per batch
     top5 = torch.zeros(n, dtype=torch.long, device=device)
-    with evaluation_mode(model), torch.inference_mode():
+    with module_mode(model, training=False), torch.inference_mode():
         for s in batch_slices(n, batch_size):
             current = images[s].to(device, non_blocking=True)
             for j in range(placements):
@@ -341,21 +323,17 @@ def evaluate_patch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
 
 def patch_key(model_id: str, target: int, size: int, seed: int, settings: dict) -> str:
     """A file name for a trained patch: readable settings plus a hash of everything else."""
-    digest = hashlib.sha256(json.dumps({"model": model_id, **settings}, sort_keys=True).encode()).hexdigest()[:12]
-    safe_model = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in model_id.split(":")[0])
-    return f"{safe_model}_t{target}_s{size}_seed{seed}_{digest}.pt"
+    return settings_key(f"{model_id.split(':')[0]}_t{target}_s{size}_seed{seed}", {"model": model_id, **settings})
 
 
 def save_patch(trained: TrainedPatch, path: Path) -> Path:
     """Atomically save a :class:`TrainedPatch` (temporary file, then rename)."""
-    with atomic_path(path) as tmp:
-        torch.save(trained.to_state(), tmp)
-    return Path(path)
+    return save_state(trained.to_state(), path)
 
 
 def load_patch(path: Path) -> TrainedPatch:
     """Load a saved patch with ``torch.load(..., weights_only=True)``."""
-    return TrainedPatch.from_state(torch.load(path, map_location="cpu", weights_only=True))
+    return TrainedPatch.from_state(load_state(path))
 
 
 def cached_patch(cache_dir: str | os.PathLike, model: nn.Module, images: torch.Tensor, target: int, size: int,

@@ -68,11 +68,12 @@ def prediction_grid(images: torch.Tensor, probs: torch.Tensor, indices: torch.Te
 
 def curves(table: pd.DataFrame, *, x: str = "eps", hue: str = "model", style: str | None = None,
            metrics: Sequence[str] = ("top1_error", "top5_error"), paper: pd.DataFrame | None = None,
-           xlabel: str | None = None, title: str = ""):
-    """Percentages (errors, success rates) against ``x``, one panel per metric, one line per
-    ``hue`` (and ``style``) group; y from 0 to 100.
+           xlabel: str | None = None, title: str = "", percent: bool = True):
+    """Metrics against ``x``, one panel per metric, one line per ``hue`` (and ``style``) group.
 
-    paper: optional rows with the same columns, drawn dashed with hollow markers.
+    percent: the metrics are percentages (errors, success rates), drawn from 0 to 100; False for
+    other quantities (losses), on a free axis. paper: optional rows with the same columns, drawn
+    dashed with hollow markers.
     """
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4), squeeze=False)
     keys = [hue] + ([style] if style else [])
@@ -83,8 +84,9 @@ def curves(table: pd.DataFrame, *, x: str = "eps", hue: str = "model", style: st
             for key, rows in paper.groupby(hue, sort=False):
                 ax.plot(rows[x], rows[metric], linestyle="--", marker="o", mfc="none", label=f"{key} (paper)")
         ax.set_xlabel(xlabel or x)
-        ax.set_ylabel(f"{metric.replace('_', ' ')} (%)")
-        ax.set_ylim(0, 100)
+        ax.set_ylabel(metric.replace("_", " ") + (" (%)" if percent else ""))
+        if percent:
+            ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
     axes[0, -1].legend(fontsize=8, loc="best")
     if title:
@@ -108,10 +110,12 @@ def heatmap(ax, table: pd.DataFrame, *, fmt: str = "{:.1f}", vmin: float = 0, vm
 
 
 def image_grid(images: dict, *, rows: Sequence, cols: Sequence, row_label=str, col_label=str, title: str = "",
-               cell: float = 1.4):
+               cell: float = 1.4, captions: dict | None = None):
     """Images laid out by (row, col) key, e.g. a patch gallery (target x size); missing keys blank.
 
-    images: {(row, col): (C, H, W) tensor in [0, 1]}. Returns the figure.
+    images: {(row, col): (C, H, W) tensor in [0, 1]}; captions: optional {(row, col): text} shown
+    over each image (e.g. "true -> predicted"), after the column label in the first row.
+    Returns the figure.
     """
     fig, axes = plt.subplots(len(rows), len(cols), figsize=(cell * len(cols) + 1, cell * len(rows) + 0.4), squeeze=False)
     for i, r in enumerate(rows):
@@ -120,8 +124,9 @@ def image_grid(images: dict, *, rows: Sequence, cols: Sequence, row_label=str, c
             ax.axis("off")
             if (r, c) in images:
                 ax.imshow(to_hwc(images[(r, c)]), cmap="gray", interpolation="nearest")
-            if i == 0:
-                ax.set_title(col_label(c), fontsize=9)
+            caption = (captions or {}).get((r, c), "")
+            if i == 0 or caption:
+                ax.set_title("\n".join(filter(None, [col_label(c) if i == 0 else "", caption])), fontsize=9)
             if j == 0:
                 ax.text(-0.1, 0.5, row_label(r), transform=ax.transAxes, ha="right", va="center", fontsize=9)
     if title:

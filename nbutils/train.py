@@ -7,8 +7,12 @@ temperature T (Papernot et al. 2016).
 """
 from __future__ import annotations
 
+import hashlib
+import inspect
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -18,7 +22,8 @@ from tqdm.auto import tqdm
 
 from .attacks import batch_slices
 from .checks import check_images, check_labels, check_positive_int, check_positive_number, check_seed
-from .models import model_device
+from .files import load_state, save_state, settings_key
+from .models import model_device, module_mode
 
 
 def soft_cross_entropy(logits: torch.Tensor, soft_targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -36,9 +41,11 @@ def training_loss(logits: torch.Tensor, labels: torch.Tensor, soft_targets: torc
 
 @dataclass
 class History:
-    """Per-epoch training record: epoch, train_loss, train_acc, val_loss, val_acc, lr, seconds."""
+    """Per-epoch training record: epoch, train_loss, train_acc, val_loss, val_acc, lr, seconds;
+    ``from_cache``: the rows (and the weights) were loaded by :func:`cached_fit`, not trained now."""
 
     rows: list[dict] = field(default_factory=list)
+    from_cache: bool = False
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows)
@@ -48,24 +55,57 @@ def evaluate_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
                   batch_size: int = 1000) -> tuple[float, float]:
     """(mean cross-entropy of logits / T, accuracy) in eval mode and inference mode, batched.
     images, labels: already on the model's device."""
-    was_training = model.training
-    model.eval()
     total, correct = torch.zeros((), device=images.device), torch.zeros((), device=images.device)
-    with torch.inference_mode():
+    with module_mode(model, training=False), torch.inference_mode():
         for s in batch_slices(images.shape[0], batch_size):
             logits = model(images[s])
             total += F.cross_entropy(logits / temperature, labels[s], reduction="sum")
             correct += (logits.argmax(1) == labels[s]).sum()
-    model.train(was_training)
     n = images.shape[0]
     return total.item() / n, correct.item() / n
+
+
+def _train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                soft: torch.Tensor | None, temperature: float, index: torch.Tensor, stats: torch.Tensor) -> None:
+    """One optimiser step on the batch ``x[index]``; adds (summed loss, correct count) into ``stats`` (2,).
+    Pure device work with static shapes, so it can be captured in a CUDA graph."""
+    logits = model(x[index])
+    loss = training_loss(logits, y[index], soft[index] if soft is not None else None, temperature)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    stats += torch.stack([loss.detach() * index.shape[0], (logits.argmax(1) == y[index]).sum()])
+
+
+def _capture_step(step, model: nn.Module, optimizer: torch.optim.Optimizer, index: torch.Tensor,
+                  stats: torch.Tensor) -> torch.cuda.CUDAGraph:
+    """Record ``step(index)`` in a CUDA graph (PyTorch's whole-network recipe: three warm-up steps on a
+    side stream, then capture), and undo the warm-up: the model's state is restored in place and Adam's
+    moments and step counts are zeroed, which is Adam's fresh state. Replays then update the same tensors."""
+    snapshot = {name: value.clone() for name, value in model.state_dict().items()}
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step(index)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step(index)
+    model.load_state_dict(snapshot)
+    for state in optimizer.state.values():
+        for value in state.values():
+            if torch.is_tensor(value):
+                value.zero_()
+    stats.zero_()
+    return graph
 
 
 def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, val_images: torch.Tensor,
         val_labels: torch.Tensor, *, epochs: int = 10, batch_size: int = 64, lr: float = 1e-4,
         betas: tuple[float, float] = (0.9, 0.999), temperature: float = 1.0,
         soft_targets: torch.Tensor | None = None, scheduler_factor: float = 0.1, scheduler_patience: int = 3,
-        seed: int = 0, progress: bool = True) -> History:
+        seed: int = 0, cuda_graph: bool = True, progress: bool = True) -> History:
     """Train ``model`` with Adam and ReduceLROnPlateau on the validation loss (the paper's recipe).
 
     images: (N, C, H, W) in [0, 1]; labels: (N,); val_*: the validation split. The loss is the
@@ -73,7 +113,9 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, val_images
     when given (distillation). All tensors move to the model's device once; each epoch draws a
     permutation from a CPU generator seeded with ``seed`` (``torch.manual_seed(seed)`` also fixes
     initialisation-independent randomness such as dropout), so a seed fixes the run on a device.
-    Returns a :class:`History` with per-epoch train/validation loss and accuracy.
+    cuda_graph: on a GPU, replay every full batch's step from one CUDA graph (fused, capturable Adam
+    with a tensor learning rate, so the scheduler still applies); the last, smaller batch runs eagerly.
+    No effect on the CPU. Returns a :class:`History` with per-epoch train/validation loss and accuracy.
     """
     check_images(images)
     labels = check_labels(labels, images.shape[0], num_classes=getattr(model, "num_classes", None))
@@ -92,32 +134,76 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, val_images
     soft = soft_targets.to(device) if soft_targets is not None else None
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=betas, fused=device.type == "cuda")
+    graphed = cuda_graph and device.type == "cuda" and x.shape[0] >= batch_size
+    optimizer = torch.optim.Adam(model.parameters(), lr=torch.tensor(lr, device=device) if graphed else lr,
+                                 betas=betas, fused=device.type == "cuda", capturable=graphed)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=scheduler_factor,
                                                            patience=scheduler_patience)
+    stats = torch.zeros(2, device=device)
+    model.train()
+
+    def step(index):
+        _train_step(model, optimizer, x, y, soft, temperature, index, stats)
+
+    static_index = torch.arange(batch_size, device=device)
+    graph = _capture_step(step, model, optimizer, static_index, stats) if graphed else None
     history = History()
     for epoch in tqdm(range(1, epochs + 1), desc=f"fit {getattr(model, 'name', '')}", disable=not progress):
         start = time.perf_counter()
         model.train()
         order = torch.randperm(x.shape[0], generator=generator).to(device)
-        total_loss = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device)
+        stats.zero_()
         for s in batch_slices(x.shape[0], batch_size):
-            index = order[s]
-            logits = model(x[index])
-            loss = training_loss(logits, y[index], soft[index] if soft is not None else None, temperature)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total_loss += loss.detach() * index.shape[0]
-            correct += (logits.argmax(1) == y[index]).sum()
+            if graph is not None and s.stop - s.start == batch_size:
+                static_index.copy_(order[s])
+                graph.replay()
+            else:
+                step(order[s])
+        total_loss, correct = stats.tolist()
         val_loss, val_acc = evaluate_loss(model, vx, vy, temperature=temperature)
         scheduler.step(val_loss)
-        history.rows.append({"epoch": epoch, "train_loss": total_loss.item() / x.shape[0],
-                             "train_acc": correct.item() / x.shape[0], "val_loss": val_loss, "val_acc": val_acc,
-                             "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - start})
+        history.rows.append({"epoch": epoch, "train_loss": total_loss / x.shape[0], "train_acc": correct / x.shape[0],
+                             "val_loss": val_loss, "val_acc": val_acc, "lr": float(optimizer.param_groups[0]["lr"]),
+                             "seconds": time.perf_counter() - start})
     model.eval()
     return history
+
+
+def cached_fit(cache_dir: str | os.PathLike | None, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+               val_images: torch.Tensor, val_labels: torch.Tensor, **fit_kwargs) -> History:
+    """:func:`fit`, or its saved result when ``cache_dir`` holds one for the same settings.
+
+    The key covers the model's name and initialisation (``weights_id``), the device type, a SHA-256
+    digest of the training and validation tensors (and soft targets), and every argument of
+    :func:`fit` with its default filled in. A hit loads the weights into ``model`` (eval mode) with
+    ``weights_only=True``; a miss trains and saves atomically. ``cache_dir`` None: always train.
+    Returns the :class:`History`, with ``from_cache`` set on a hit.
+    """
+    if cache_dir is None:
+        return fit(model, images, labels, val_images, val_labels, **fit_kwargs)
+    arguments = inspect.signature(fit).bind(model, images, labels, val_images, val_labels, **fit_kwargs)
+    arguments.apply_defaults()
+    settings = {name: (tensor_digest(value) if torch.is_tensor(value) else value)
+                for name, value in arguments.arguments.items() if name not in ("model", "progress")}
+    settings.update(model=getattr(model, "name", type(model).__name__), init=getattr(model, "weights_id", ""),
+                    device=model_device(model).type)
+    path = Path(cache_dir) / settings_key(f"{settings['model']}_seed{settings['seed']}", settings)
+    if path.is_file():
+        state = load_state(path)
+        model.load_state_dict(state["model"])
+        model.eval()
+        return History(state["history"], from_cache=True)
+    history = fit(model, images, labels, val_images, val_labels, **fit_kwargs)
+    save_state({"model": model.state_dict(), "history": history.rows}, path)
+    return history
+
+
+def tensor_digest(tensor: torch.Tensor) -> str:
+    """SHA-256 of a tensor's dtype, shape and bytes (hex), e.g. to key a cache by its data."""
+    array = tensor.detach().contiguous().cpu()
+    digest = hashlib.sha256(f"{array.dtype}{tuple(array.shape)}".encode())
+    digest.update(array.view(torch.uint8).numpy().tobytes() if array.numel() else b"")
+    return digest.hexdigest()
 
 
 def soft_labels(teacher: nn.Module, images: torch.Tensor, temperature: float, *, batch_size: int = 1000) -> torch.Tensor:
@@ -131,14 +217,14 @@ def soft_labels(teacher: nn.Module, images: torch.Tensor, temperature: float, *,
 
 def distill(teacher: nn.Module, student: nn.Module, images: torch.Tensor, labels: torch.Tensor,
             val_images: torch.Tensor, val_labels: torch.Tensor, *, temperature: float,
-            use_soft_labels: bool = True, **fit_kwargs) -> History:
+            use_soft_labels: bool = True, cache_dir: str | os.PathLike | None = None, **fit_kwargs) -> History:
     """Defensive distillation: train ``student`` at temperature T on ``teacher``'s soft labels.
 
     The teacher should itself have been trained at T (``fit(..., temperature=T)``). With
     ``use_soft_labels=False`` the student learns the hard labels at T instead: the source notebook's
     bug (it computes the soft labels and never uses them). Evaluate the student at T = 1, i.e. on
-    its plain logits. Returns the student's :class:`History`.
+    its plain logits. ``cache_dir``: see :func:`cached_fit`. Returns the student's :class:`History`.
     """
     targets = soft_labels(teacher, images, temperature) if use_soft_labels else None
-    return fit(student, images, labels, val_images, val_labels, temperature=temperature, soft_targets=targets,
-               **fit_kwargs)
+    return cached_fit(cache_dir, student, images, labels, val_images, val_labels, temperature=temperature,
+                      soft_targets=targets, **fit_kwargs)

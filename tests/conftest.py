@@ -32,6 +32,25 @@ def linear_classifier(seed: int = 0, classes: int = 4) -> Classifier:
                              class_names=[str(i) for i in range(classes)], resize=None, crop=None))
 
 
+class ScaleBy(nn.Module):
+    """Multiplies its input by a constant."""
+
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, z):
+        return z * self.factor
+
+
+def saturated_classifier(seed: int = 0, factor: float = 1e6) -> Classifier:
+    """tiny_classifier with its logits scaled by ``factor``: a float32 softmax saturates to exactly
+    one-hot, as a net distilled at T ~ factor does when tested at T = 1."""
+    base = tiny_classifier(seed)
+    return Classifier(nn.Sequential(base.net, ScaleBy(factor)), [0.4] * 3, [0.25] * 3, name="saturated",
+                      weights_id="random-init", class_names=base.class_names, resize=None, crop=None)
+
+
 @pytest.fixture
 def tiny():
     return tiny_classifier()

@@ -161,3 +161,15 @@ def test_image_folder_labels_follow_sorted_folders(tmp_path, mirror):
     images = data.image_folder(tmp_path, class_names=["goldfish", "electric ray"])
     assert images.labels.tolist() == [0, 1] and images.files[0].startswith("n01443537/")
     assert images.images.shape == (2, 3, 224, 224)
+
+
+def test_split_is_seeded_disjoint_and_complete(mirror):
+    digits_train = data.mnist(train=True)
+    train, val = digits_train.split(10_000, seed=0)
+    again, _ = digits_train.split(10_000, seed=0)
+    assert len(train) == 50_000 and len(val) == 10_000 and torch.equal(train.labels, again.labels)
+    index_train, index_val = data.split_indices(60_000, 10_000, torch.Generator().manual_seed(0))
+    assert torch.equal(torch.sort(torch.cat([index_train, index_val])).values, torch.arange(60_000))
+    assert torch.equal(val.images, digits_train.images[index_val])
+    with pytest.raises(ValueError, match="n_val"):
+        digits_train.split(60_000, seed=0)

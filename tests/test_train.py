@@ -7,8 +7,8 @@ from torch import nn
 
 from nbutils.attacks import attack_loss, cw_l2, fgsm, pgd
 from nbutils.models import Classifier, mnist_model
-from nbutils.train import distill, fit, soft_cross_entropy, soft_labels
-from conftest import tiny_classifier
+from nbutils.train import cached_fit, distill, fit, soft_cross_entropy, soft_labels, tensor_digest
+from conftest import saturated_classifier, tiny_classifier
 
 
 def digits(n=96, seed=0):
@@ -37,6 +37,46 @@ def test_fit_is_identical_under_a_seed_and_learns():
     assert ha.drop(columns="seconds").equals(hb.drop(columns="seconds"))
     assert ha["train_loss"].iloc[-1] < ha["train_loss"].iloc[0]
     assert list(ha.columns) == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+
+
+def test_cached_fit_trains_once_then_loads_the_same_weights_and_history(tmp_path):
+    x, y = digits(64)
+    first = mnist_model("student", seed=3)
+    h1 = cached_fit(tmp_path, first, x, y, x[:16], y[:16], epochs=1, batch_size=32, lr=1e-3, progress=False)
+    second = mnist_model("student", seed=3)
+    h2 = cached_fit(tmp_path, second, x, y, x[:16], y[:16], epochs=1, batch_size=32, lr=1e-3, progress=False)
+    assert not h1.from_cache and h2.from_cache and h1.rows == h2.rows
+    assert all(torch.equal(p, q) for p, q in zip(first.state_dict().values(), second.state_dict().values()))
+    assert not second.training
+    # another setting, other data, another initialisation: each is a miss with its own file
+    cached_fit(tmp_path, mnist_model("student", seed=3), x, y, x[:16], y[:16], epochs=1, batch_size=32, lr=1e-4,
+               progress=False)
+    flipped = y.roll(1)
+    assert not cached_fit(tmp_path, mnist_model("student", seed=3), x, flipped, x[:16], y[:16], epochs=1,
+                          batch_size=32, lr=1e-3, progress=False).from_cache
+    assert not cached_fit(tmp_path, mnist_model("student", seed=4), x, y, x[:16], y[:16], epochs=1, batch_size=32,
+                          lr=1e-3, progress=False).from_cache
+    assert len(list(tmp_path.glob("*.pt"))) == 4
+    assert tensor_digest(y) != tensor_digest(flipped) and tensor_digest(y) != tensor_digest(y.float())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_graph_fit_equals_the_eager_loop_on_the_gpu():
+    x, y = digits(200)  # 200 = 3 batches of 64 (graph replays) + 8 (eager)
+    runs = []
+    for graph in (True, False):
+        torch.manual_seed(0)
+        model = Classifier(nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 26 * 26, 10)),
+                           [0.0], [1.0], name="nodropout", weights_id="seed0", class_names=[str(i) for i in range(10)],
+                           resize=None, crop=None).cuda()
+        history = fit(model, x, y, x[:50], y[:50], epochs=5, batch_size=64, lr=1e-3, scheduler_patience=0,
+                      scheduler_factor=0.5, cuda_graph=graph, progress=False).to_frame()
+        runs.append((model, history))
+    (graphed, hg), (eager, he) = runs
+    for p, q in zip(graphed.parameters(), eager.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+    pd_cols = ["train_loss", "train_acc", "val_loss", "val_acc", "lr"]
+    assert (hg[pd_cols] - he[pd_cols]).abs().max().max() < 1e-4
 
 
 def test_plateau_scheduler_cuts_the_learning_rate_on_a_flat_validation_loss():
@@ -109,24 +149,13 @@ def test_pgd_with_a_random_start_is_seeded():
 def test_margin_loss_and_temperature_see_through_a_saturated_softmax():
     # logits scaled by 1e6 saturate float32 softmax (every other class underflows to 0): the CE
     # gradient is exactly zero and FGSM is a no-op, as on a distilled net tested at T = 1
-    base = tiny_classifier()
-    saturated = Classifier(nn.Sequential(base.net, ScaleBy(1e6)), [0.4] * 3, [0.25] * 3, name="sat",
-                           weights_id="x", class_names=base.class_names, resize=None, crop=None)
+    saturated = saturated_classifier()
     x = torch.rand(6, 3, 8, 8)
     y = saturated(x).argmax(1)
     assert torch.equal(fgsm(saturated, x, y, 0.1), x)
     assert not torch.equal(fgsm(saturated, x, y, 0.1, loss="margin"), x)
     assert not torch.equal(fgsm(saturated, x, y, 0.1, temperature=1e6), x)
     assert attack_loss(torch.tensor([[3.0, 1.0, 2.0]]), torch.tensor([0]), "margin").item() == -1.0
-
-
-class ScaleBy(nn.Module):
-    def __init__(self, factor):
-        super().__init__()
-        self.factor = factor
-
-    def forward(self, z):
-        return z * self.factor
 
 
 def test_cw_l2_reaches_the_analytic_minimal_distance_of_a_linear_model():

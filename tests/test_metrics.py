@@ -1,0 +1,112 @@
+"""Accuracy under FGSM in the sound and the source protocol, the masked-gradient signature, and
+the paper's distillation tables."""
+import pytest
+import torch
+from nbutils import paper
+from nbutils.attacks import fgsm
+from nbutils.metrics import accuracy, fgsm_accuracy, gradient_masking, predict, robustness_table
+from nbutils.models import mnist_model
+from conftest import saturated_classifier, tiny_classifier
+
+EPS = [0.0, 0.05, 0.3]
+
+
+def adv_correct(model, x, y, eps):
+    return predict(model, fgsm(model, x, y, eps)).argmax(1) == y
+
+
+def test_sound_protocol_counts_every_attacked_image_in_eval_mode():
+    model = mnist_model("student", seed=0)  # has dropout: the sound protocol must switch it off
+    model.train()
+    x, y = torch.rand(40, 1, 28, 28), torch.randint(0, 10, (40,))
+    table = fgsm_accuracy(model, x, y, EPS, batch_size=16)
+    assert model.training  # the caller's mode comes back
+    model.eval()
+    expected = [int(adv_correct(model, x, y, e).sum()) for e in EPS]
+    assert table["correct"].tolist() == expected and (table["total"] == 40).all()
+    assert table["accuracy"].iloc[0] == pytest.approx(accuracy(model, x, y))
+    assert list(table.columns) == ["eps", "correct", "total", "accuracy", "protocol"]
+
+
+def test_source_protocol_skips_images_the_first_pass_gets_wrong():
+    # without dropout the source protocol is deterministic: correct = clean right AND adversarial right
+    model = tiny_classifier()
+    x = torch.rand(60, 3, 8, 8)
+    y = torch.randint(0, 10, (60,))
+    clean_right = predict(model, x).argmax(1) == y
+    source = fgsm_accuracy(model, x, y, EPS, protocol="source", batch_size=25)
+    sound = fgsm_accuracy(model, x, y, EPS, batch_size=25)
+    for i, eps in enumerate(EPS):
+        both = clean_right & adv_correct(model, x, y, eps)
+        assert source["correct"].iloc[i] == int(both.sum())
+        assert sound["correct"].iloc[i] == int(adv_correct(model, x, y, eps).sum())
+    assert (source["correct"] <= sound["correct"]).all()
+
+
+def test_source_protocol_keeps_dropout_on_and_is_seeded():
+    model = mnist_model("net", seed=0).eval()
+    x, y = torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    y = predict(model, x).argmax(1)  # eval-mode predictions: the sound protocol scores 64 at eps 0
+    a = fgsm_accuracy(model, x, y, [0.0, 0.1], protocol="source", seed=3)
+    assert a.equals(fgsm_accuracy(model, x, y, [0.0, 0.1], protocol="source", seed=3))
+    assert fgsm_accuracy(model, x, y, [0.0], batch_size=64)["correct"].iloc[0] == 64
+    assert a["correct"].iloc[0] < 64  # dropout on: two noisy passes disagree with eval mode somewhere
+    assert not model.training
+
+
+def test_gradient_masking_finds_exactly_zero_gradients_on_a_saturated_softmax():
+    x = torch.rand(8, 3, 8, 8)
+    saturated = saturated_classifier()
+    y = predict(saturated, x).argmax(1)
+    masked = gradient_masking(saturated, x, y)
+    assert masked["grad_zero"].all() and masked["saturated"].all() and (masked["grad_l1"] == 0).all()
+    assert (masked["logit_gap"] > 1e3).all()
+    seen = gradient_masking(saturated, x, y, temperature=1e6)  # dividing by T undoes the scale
+    assert not seen["grad_zero"].any() and not seen["saturated"].any()
+    plain = gradient_masking(tiny_classifier(), x, y)
+    assert (plain["grad_l1"] > 0).all() and (plain["max_prob"] < 1).all()
+
+
+@pytest.mark.parametrize("kwargs, error, word", [
+    (dict(protocol="paper"), ValueError, "protocol"),
+    (dict(epsilons=[0.1, 1.5]), ValueError, "epsilons"),
+    (dict(epsilons=[float("nan")]), ValueError, "epsilons"),
+    (dict(seed=-1), ValueError, "seed"),
+])
+def test_fgsm_accuracy_rejects_bad_input(kwargs, error, word):
+    model, x, y = tiny_classifier(), torch.rand(4, 3, 8, 8), torch.randint(0, 10, (4,))
+    args = dict(epsilons=[0.1], **{k: v for k, v in kwargs.items() if k != "epsilons"})
+    if "epsilons" in kwargs:
+        args["epsilons"] = kwargs["epsilons"]
+    with pytest.raises(error, match=word):
+        fgsm_accuracy(model, x, y, **args)
+
+
+def test_the_papers_distillation_tables_are_transcribed_with_their_contradictions():
+    table = paper.distillation_fgsm()
+    assert len(table) == 18 and (table["total"] == 10_000).all()
+    mismatched = table[(table["correct"] / table["total"] - table["accuracy"]).abs() > 1e-9]
+    assert mismatched[["model", "eps"]].values.tolist() == [["undefended", 0.3], ["distilled", 0.3]]
+    assert set(paper.distillation_source()["accuracy"]) == {0.9708, 0.2484, 0.9033, 0.8801}
+
+
+def test_robustness_table_counts_accuracy_success_and_distances_by_hand():
+    models = {"plain": tiny_classifier(), "saturated": saturated_classifier()}
+    x, y = torch.rand(30, 3, 8, 8), torch.randint(0, 10, (30,))
+    attacks = {"none": lambda m, a, b: a.clone(), "fgsm": lambda m, a, b: fgsm(m, a, b, 0.2)}
+    table = robustness_table(models, attacks, x, y, batch_size=7)
+    assert table[["defence", "attack"]].values.tolist() == [[d, a] for d in models for a in attacks]
+    for (defence, model), (_, rows) in zip(models.items(), table.groupby("defence", sort=False)):
+        clean = predict(model, x).argmax(1) == y
+        adv = fgsm(model, x, y, 0.2)
+        right = predict(model, adv).argmax(1) == y
+        none, attacked = rows.iloc[0], rows.iloc[1]
+        assert none["accuracy"] == none["clean_accuracy"] == pytest.approx(clean.double().mean().item())
+        assert none["success"] == 0 and torch.isnan(torch.tensor(none["median_l2"]))
+        assert attacked["accuracy"] == pytest.approx(right.double().mean().item())
+        turned = clean & ~right
+        assert attacked["success"] == pytest.approx(turned.sum().item() / clean.sum().item())
+        if turned.any():
+            assert attacked["median_linf"] == pytest.approx(0.2, abs=1e-6)
+    # FGSM is a no-op on the saturated net: nothing turns
+    assert table.query("defence == 'saturated' and attack == 'fgsm'")["success"].item() == 0
