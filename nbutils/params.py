@@ -52,3 +52,10 @@ def settle(profiles: dict[str, dict], profile: str, **given) -> SimpleNamespace:
     settled = {name: default if given.get(name) is None else _check_type(name, given[name], default)
                for name, default in defaults.items()}
     return SimpleNamespace(profile=profile, **settled)
+
+
+def check_range(name: str, value: Real, low: Real, high: Real) -> Real:
+    """A settled parameter that must lie in [low, high], e.g. a count of images the dataset can give."""
+    if not low <= value <= high:
+        raise ValueError(f"parameter {name!r} must lie in [{low}, {high}], got {value!r}")
+    return value

@@ -21,6 +21,15 @@ def test_there_are_chapters():
     assert CHAPTERS, "no chapter notebooks in book/"
 
 
+@pytest.mark.parametrize("notebook", CHAPTERS, ids=lambda p: p.stem)
+def test_committed_chapters_carry_no_injected_parameters(notebook):
+    # a papermill-injected cell would pin its profile and override NBUTILS_PROFILE under nbval
+    import nbformat
+    cells = nbformat.read(notebook, 4).cells
+    assert not [c for c in cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert sum("parameters" in c.metadata.get("tags", []) for c in cells) == 1
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("notebook", CHAPTERS, ids=lambda p: p.stem)
 def test_chapter_runs_under_nbval_in_the_smoke_profile(notebook):
