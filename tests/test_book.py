@@ -45,3 +45,5 @@ def test_book_builds_offline_without_warnings(tmp_path):
     page = (html / "book" / "01_fgsm_imagenet.html").read_text()
     assert "Table I" in page and "<img" in page, result.stdout[-2000:]
     assert (html / "index.html").is_file()
+    for chapter in CHAPTERS:  # every chapter is in the table of contents and rendered with its figures
+        assert "<img" in (html / "book" / f"{chapter.stem}.html").read_text(), chapter.stem
