@@ -40,6 +40,14 @@ def batch_slices(n: int, batch_size: int) -> Iterator[slice]:
 LOSSES = ("ce", "margin")
 
 
+def margin_per_image(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-image Carlini-Wagner margin ``max_{j != y} z_j - z_y`` (N,): positive once the image is
+    misclassified. logits: (N, K); labels: (N,)."""
+    true = logits.gather(1, labels[:, None]).squeeze(1)
+    other = logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), float("-inf")).amax(dim=1)
+    return other - true
+
+
 def attack_loss(logits: torch.Tensor, labels: torch.Tensor, loss: str = "ce", temperature: float = 1.0) -> torch.Tensor:
     """The summed loss an attack ascends (labels: true classes) or descends (labels: targets).
 
@@ -49,7 +57,7 @@ def attack_loss(logits: torch.Tensor, labels: torch.Tensor, loss: str = "ce", te
     """
     if loss == "ce":
         return F.cross_entropy(logits / temperature, labels, reduction="sum")
-    return attack_loss_per_image(logits, labels).sum()
+    return margin_per_image(logits, labels).sum()
 
 
 def input_gradient(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, loss: str = "ce",
@@ -275,6 +283,8 @@ def cw_l2(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, c: fl
 
 
 def _cw_batch(model, x, y, c, kappa, steps, search_steps, lr):
+    """:func:`cw_l2` on one batch already on the model's device: x (N, C, H, W), y (N,).
+    Returns (N, C, H, W): the smallest-L2 adversarial found per image, else the image itself."""
     n = x.shape[0]
     lower = torch.zeros(n, device=x.device)
     upper = torch.full((n,), float("inf"), device=x.device)
@@ -290,7 +300,7 @@ def _cw_batch(model, x, y, c, kappa, steps, search_steps, lr):
             adv = (torch.tanh(w) + 1) / 2
             logits = model(adv)
             dist = (adv - x).flatten(1).pow(2).sum(1)
-            margin = -attack_loss_per_image(logits, y)  # z_y - max_{j != y} z_j
+            margin = -margin_per_image(logits, y)  # z_y - max_{j != y} z_j
             objective = (dist + const * margin.clamp(min=-kappa)).sum()
             (w.grad,) = torch.autograd.grad(objective, w)
             optimizer.step()
@@ -304,10 +314,3 @@ def _cw_batch(model, x, y, c, kappa, steps, search_steps, lr):
         lower = torch.where(fooled, lower, torch.maximum(lower, const))
         const = torch.where(upper < float("inf"), (lower + upper) / 2, const * 10)
     return best
-
-
-def attack_loss_per_image(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-image margin ``max_{j != y} z_j - z_y`` (N,): positive once the image is misclassified."""
-    true = logits.gather(1, labels[:, None]).squeeze(1)
-    other = logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), float("-inf")).amax(dim=1)
-    return other - true
