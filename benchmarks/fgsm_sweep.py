@@ -15,8 +15,9 @@ import torch
 import torchattacks
 
 from nbutils import data
-from nbutils.attacks import batch_slices, fgsm_sweep
-from nbutils.models import default_device, imagenet_model
+from nbutils.attacks import fgsm_sweep
+from nbutils.batching import batch_slices, default_device
+from nbutils.models import imagenet_model
 from nbutils.report import device_name
 from timing import best_time
 
@@ -56,7 +57,7 @@ def main():
         sample = data.imagenet_sample(classes=range(args.n_images))
         images, labels = sample.images, sample.labels
 
-    ours_s, ours = best_time(lambda: fgsm_sweep(model, images, labels, EPSILONS, batch_size=args.batch_size), device, args.repeats)
+    ours_s, ours = best_time(lambda: fgsm_sweep(model, images, labels, epsilons=EPSILONS, batch_size=args.batch_size), device, args.repeats)
     ref_s, ref = best_time(lambda: reference_sweep(model, images, labels, EPSILONS, args.batch_size), device, args.repeats)
     agree = (ours.adv_topk == ref).all(-1).double().mean().item()
     print(f"machine: {device_name(device)}; torch {torch.__version__}")

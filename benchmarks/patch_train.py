@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from nbutils import data
-from nbutils.attacks import batch_slices
-from nbutils.models import default_device, imagenet_model
+from nbutils.batching import batch_slices, default_device
+from nbutils.models import imagenet_model
 from nbutils.patch import PAPER_TARGETS, evaluate_patch, patch_pixels, patch_train_step, random_positions, train_patch
 from nbutils.report import device_name
 from timing import best_time

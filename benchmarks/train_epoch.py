@@ -19,7 +19,8 @@ import torchvision
 from torch.utils.data import DataLoader, Subset
 
 from nbutils import data
-from nbutils.models import default_device, mnist_model
+from nbutils.batching import default_device
+from nbutils.models import mnist_model
 from nbutils.report import device_name
 from nbutils.train import fit
 from timing import best_time

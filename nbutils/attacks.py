@@ -1,6 +1,26 @@
 """Gradient attacks on classifiers that take [0, 1] pixel images.
 
-Conventions for eps:
+The contract. Every attack is a function
+
+    attack(model, images, labels, *, eps, targeted=False, loss="ce", temperature=1.0,
+           batch_size=..., progress=False, **its own settings) -> adversarial images
+
+* ``model``: an ``nn.Module`` taking (N, C, H, W) pixels in [0, 1] and returning logits (N, K); it
+  owns its normalisation (:class:`nbutils.models.Classifier`).
+* ``images``: (N, C, H, W) floating point in [0, 1]; ``labels``: (N,) int64, the true classes, or
+  the target classes when ``targeted`` (the attack then descends the target's loss).
+* ``eps``: the perturbation budget in pixel units (L-inf unless the attack says otherwise).
+* ``loss``: the per-image loss the attack ascends, a name from :data:`LOSSES` ("ce": cross-entropy
+  of ``logits / temperature``; "margin": Carlini-Wagner's ``max_{j != y} z_j - z_y``, which never
+  saturates) or a callable ``(logits (N, K), labels (N,)) -> (N,)``.
+* Returns the adversarial images, (N, C, H, W), on the images' device and of their dtype.
+
+Each attack is a public entry point that validates its arguments once, and an unchecked per-batch
+kernel (``*_kernel``: tensors already on the device, no host synchronisation) that the shared
+runner :func:`nbutils.batching.run_batched` applies batch by batch. :func:`get` packs an attack
+and its settings into one value, an :class:`Attack`, for tables, trainers and sweeps.
+
+Conventions for FGSM's eps (``convention``):
 
 * ``"pixel"`` (default, sound): eps is in [0, 1] pixel units and the adversarial image is clamped
   to [0, 1]: ``x' = clamp(x + eps * sign(g), 0, 1)``.
@@ -10,35 +30,32 @@ Conventions for eps:
   pixel by 0.02 * 0.226 ~ 0.0045 ~ 1.2 / 255, and the image can leave [0, 1]. The sign of the
   gradient is the same in both spaces (std > 0), so both conventions share one gradient.
 
-Loss: cross-entropy summed over the batch (the tutorial's summed NLL of log-softmax), so each
-image's gradient is independent of the batch it is computed in.
+Losses are summed over the batch before differentiation, so each image's gradient is independent of
+the batch it is computed in.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterator, Sequence
+import inspect
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from .checks import (check_choice, check_eps, check_epsilons, check_images, check_labels, check_positive_int,
-                     check_positive_number)
-from .models import model_device
+from .batching import model_device, run_batched
+from .checks import (check_choice, check_eps, check_epsilons, check_flag, check_positive_int, check_positive_number,
+                     check_seed, checked_inputs)
 
 CONVENTIONS = ("pixel", "normalised")
 NORMS = ("linf", "l2")
-
-
-def batch_slices(n: int, batch_size: int) -> Iterator[slice]:
-    """Consecutive slices covering range(n) in chunks of ``batch_size``."""
-    for start in range(0, n, batch_size):
-        yield slice(start, min(start + batch_size, n))
-
-
 LOSSES = ("ce", "margin")
+LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
+
+# ---------------------------------------------------------------------------------------------
+# Losses and gradients
 
 def margin_per_image(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-image Carlini-Wagner margin ``max_{j != y} z_j - z_y`` (N,): positive once the image is
@@ -48,33 +65,54 @@ def margin_per_image(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     return other - true
 
 
-def attack_loss(logits: torch.Tensor, labels: torch.Tensor, loss: str = "ce", temperature: float = 1.0) -> torch.Tensor:
-    """The summed loss an attack ascends (labels: true classes) or descends (labels: targets).
-
-    "ce": cross-entropy of ``logits / temperature`` (temperature > 1 undoes a distilled net's
-    saturated softmax); "margin": Carlini-Wagner's ``max_{j != y} z_j - z_y``, which needs no softmax
-    and so never saturates. logits: (N, K); labels: (N,). Returns a 0-d tensor.
-    """
+def loss_function(loss: str | LossFunction = "ce", temperature: float = 1.0) -> LossFunction:
+    """The per-image loss ``(logits (N, K), labels (N,)) -> (N,)`` named by ``loss`` (see the module
+    docstring), or ``loss`` itself when it is a callable. Unchecked: see :func:`check_loss`."""
+    if callable(loss):
+        return loss
     if loss == "ce":
-        return F.cross_entropy(logits / temperature, labels, reduction="sum")
-    return margin_per_image(logits, labels).sum()
+        return lambda logits, labels: F.cross_entropy(logits / temperature, labels, reduction="none")
+    return margin_per_image
 
 
-def input_gradient(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, loss: str = "ce",
-                   temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradient of the summed attack loss (:func:`attack_loss`) with respect to the input images.
+def attack_loss(logits: torch.Tensor, labels: torch.Tensor, loss: str | LossFunction = "ce",
+                temperature: float = 1.0) -> torch.Tensor:
+    """The summed loss an attack ascends (labels: true classes) or descends (labels: targets), 0-d.
+    logits: (N, K); labels: (N,)."""
+    return loss_function(loss, temperature)(logits, labels).sum()
 
-    images: (N, C, H, W) on the model's device; labels: (N,) int64.
-    Returns (gradient (N, C, H, W), logits (N, K) detached). No parameter gradients are formed.
+
+def check_loss(loss, temperature) -> LossFunction:
+    """A loss name from :data:`LOSSES` or a callable, and a positive, finite temperature; returns
+    the per-image loss function."""
+    if not callable(loss):
+        check_choice(loss, LOSSES, "loss")
+    check_positive_number(temperature, "temperature")
+    return loss_function(loss, temperature)
+
+
+def input_gradient(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
+                   loss: str | LossFunction = "ce", temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradient of the summed attack loss with respect to the input images (no parameter gradients).
+
+    images: (N, C, H, W) on the model's device; labels: (N,) int64. Unchecked.
+    Returns (gradient (N, C, H, W), logits (N, K) detached).
     """
-    x = images.detach().requires_grad_(True)
+    return _input_gradient(model, images, labels, loss_function(loss, temperature))
+
+
+def _input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFunction):
+    x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = model(x)
-        (grad,) = torch.autograd.grad(attack_loss(logits, labels, loss, temperature), x)
+        (grad,) = torch.autograd.grad(loss_fn(logits, y).sum(), x)
     return grad, logits.detach()
 
 
-def _pixel_step(model: nn.Module, convention: str) -> torch.Tensor | float:
+# ---------------------------------------------------------------------------------------------
+# FGSM
+
+def pixel_step(model: nn.Module, convention: str) -> torch.Tensor | float:
     """Size, in pixel units, of a unit eps step: 1 (pixel) or std per channel, shape (C, 1, 1)."""
     if convention == "pixel":
         return 1.0
@@ -87,7 +125,7 @@ def _pixel_step(model: nn.Module, convention: str) -> torch.Tensor | float:
 
 def pixel_eps(model: nn.Module, eps: float, convention: str) -> float:
     """eps in [0, 1] pixel units, averaged over channels (``eps * mean(std)`` when normalised)."""
-    unit = _pixel_step(model, check_choice(convention, CONVENTIONS, "convention"))
+    unit = pixel_step(model, check_choice(convention, CONVENTIONS, "convention"))
     return float(eps * (unit.mean() if isinstance(unit, torch.Tensor) else unit))
 
 
@@ -99,40 +137,34 @@ def fgsm_step(images: torch.Tensor, grad_sign: torch.Tensor, eps: float, unit: t
     return adv.clamp(0, 1) if clamp else adv
 
 
-def check_loss(loss: str, temperature: float) -> None:
-    """An attack loss name from LOSSES and a positive, finite temperature."""
-    check_choice(loss, LOSSES, "loss")
-    check_positive_number(temperature, "temperature")
+def fgsm_kernel(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, unit: torch.Tensor | float,
+                targeted: bool, clamp: bool, loss_fn: LossFunction) -> torch.Tensor:
+    """FGSM on one batch on the model's device: x (B, C, H, W), y (B,) -> (B, C, H, W). Unchecked."""
+    grad, _ = _input_gradient(model, x, y, loss_fn)
+    return fgsm_step(x, grad.sign(), eps, unit, targeted=targeted, clamp=clamp)
 
 
-def _check_attack_args(model, images, labels, convention, batch_size):
+def _check_convention(model, images, labels, convention, batch_size):
+    """Shared checks of the FGSM entry points; returns (images, labels, pixel unit of eps, eps upper bound)."""
     check_choice(convention, CONVENTIONS, "convention")
-    check_images(images, pixel_range=convention == "pixel")
-    labels = check_labels(labels, images.shape[0], num_classes=getattr(model, "num_classes", None))
-    check_positive_int(batch_size, "batch_size")
-    return labels
+    images, labels = checked_inputs(model, images, labels, batch_size, pixel_range=convention == "pixel")
+    return images, labels, pixel_step(model, convention), 1.0 if convention == "pixel" else None
 
 
-def fgsm(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, *, targeted: bool = False,
-         convention: str = "pixel", batch_size: int = 128, loss: str = "ce", temperature: float = 1.0) -> torch.Tensor:
-    """Fast Gradient Sign Method (Goodfellow et al. 2015).
+def fgsm(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, eps: float, targeted: bool = False,
+         loss: str | LossFunction = "ce", temperature: float = 1.0, convention: str = "pixel", batch_size: int = 128,
+         progress: bool = False) -> torch.Tensor:
+    """Fast Gradient Sign Method (Goodfellow et al. 2015): ``x + eps * sign(grad_x loss)``.
 
-    images: (N, C, H, W) pixels in [0, 1]; labels: (N,) true classes, or target classes when
-    ``targeted`` (the step then descends the target's loss). eps: step size in the given convention
-    (see the module docstring). loss, temperature: see :func:`attack_loss` (default: the usual
-    cross-entropy). Minibatched by ``batch_size`` on the model's device.
+    The attack contract (module docstring); eps in the given ``convention``'s units.
     Returns adversarial images (N, C, H, W) on the images' device.
     """
-    labels = _check_attack_args(model, images, labels, convention, batch_size)
-    eps = check_eps(eps, upper=1.0 if convention == "pixel" else None)
-    check_loss(loss, temperature)
-    device, unit = model_device(model), _pixel_step(model, convention)
-    out = torch.empty_like(images)
-    for s in batch_slices(images.shape[0], batch_size):
-        x, y = images[s].to(device), labels[s].to(device)
-        grad, _ = input_gradient(model, x, y, loss=loss, temperature=temperature)
-        out[s] = fgsm_step(x, grad.sign(), eps, unit, targeted=targeted, clamp=convention == "pixel").to(out.device)
-    return out
+    images, labels, unit, upper = _check_convention(model, images, labels, convention, batch_size)
+    eps = check_eps(eps, upper=upper)
+    kernel = partial(fgsm_kernel, model, eps=eps, unit=unit, targeted=check_flag(targeted, "targeted"),
+                     clamp=convention == "pixel", loss_fn=check_loss(loss, temperature))
+    return run_batched(kernel, (images, labels), device=model_device(model), batch_size=batch_size,
+                       progress=progress, desc="fgsm")
 
 
 @dataclass
@@ -158,82 +190,64 @@ class SweepResult:
         return (self.clean_topk[:, :k] == self.labels[:, None]).any(-1)
 
     def error(self, k: int = 1) -> torch.Tensor:
-        """(E,) top-k error in percent."""
-        return 100.0 * (1.0 - self.correct(k).double().mean(1))
+        """(E,) top-k error rate, a fraction in [0, 1]."""
+        return 1.0 - self.correct(k).double().mean(1)
 
     def to_records(self) -> list[dict]:
-        """One row per eps: eps, top1_error, top5_error (percent), n_images."""
+        """One row per eps: eps, top1_error, top5_error (fractions), n_images."""
         top1, top5 = self.error(1).tolist(), self.error(min(5, self.adv_topk.shape[-1])).tolist()
         n = int(self.labels.shape[0])
         return [{"eps": e, "top1_error": a, "top5_error": b, "n_images": n}
                 for e, a, b in zip(self.epsilons, top1, top5)]
 
 
-def fgsm_sweep(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epsilons: Sequence[float], *,
-               targeted: bool = False, convention: str = "pixel", batch_size: int = 64, k: int = 5,
-               return_images: bool = False, progress: bool = False) -> SweepResult:
+def fgsm_sweep_kernel(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epsilons: Sequence[float],
+                      unit: torch.Tensor | float, targeted: bool, clamp: bool, loss_fn: LossFunction, k: int,
+                      return_images: bool) -> tuple[torch.Tensor, ...]:
+    """FGSM at every eps from one input gradient, on one batch on the device. Unchecked.
+
+    Returns clean top-k (B, k), adversarial top-k (B, E, k) and, with ``return_images``, the
+    adversarial images (B, E, C, H, W).
+    """
+    grad, logits = _input_gradient(model, x, y, loss_fn)
+    grad_sign = grad.sign()
+    adv_topk, adversarials = [], []
+    with torch.inference_mode():
+        for eps in epsilons:
+            adv = fgsm_step(x, grad_sign, eps, unit, targeted=targeted, clamp=clamp)
+            adv_topk.append(model(adv).topk(k, dim=1).indices)
+            if return_images:
+                adversarials.append(adv)
+    outputs = (logits.topk(k, dim=1).indices, torch.stack(adv_topk, 1))
+    return (*outputs, torch.stack(adversarials, 1)) if return_images else outputs
+
+
+def fgsm_sweep(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epsilons: Sequence[float],
+               targeted: bool = False, loss: str | LossFunction = "ce", temperature: float = 1.0,
+               convention: str = "pixel", batch_size: int = 64, k: int = 5, return_images: bool = False,
+               progress: bool = False) -> SweepResult:
     """FGSM at every eps in ``epsilons`` from ONE input gradient per batch.
 
     The FGSM image at eps is a function of the gradient's sign, which does not depend on eps, so
     each batch costs one forward+backward plus one inference forward per eps, instead of a
-    forward+backward per eps. Results equal calling :func:`fgsm` eps by eps.
-    images: (N, C, H, W) pixels in [0, 1]; labels: (N,) (targets if ``targeted``).
-    Returns a :class:`SweepResult` with top-``k`` predictions (and the images if ``return_images``).
+    forward+backward per eps. Results equal calling :func:`fgsm` eps by eps. Arguments as in the
+    attack contract. Returns a :class:`SweepResult` with top-``k`` predictions (and the images if
+    ``return_images``), on the CPU.
     """
-    labels = _check_attack_args(model, images, labels, convention, batch_size)
-    epsilons = check_epsilons(epsilons, upper=1.0 if convention == "pixel" else None)
+    images, labels, unit, upper = _check_convention(model, images, labels, convention, batch_size)
+    epsilons = check_epsilons(epsilons, upper=upper)
     check_positive_int(k, "k")
-    device, unit = model_device(model), _pixel_step(model, convention)
-    n, n_eps = images.shape[0], len(epsilons)
-    clean_topk = torch.empty(n, k, dtype=torch.long)
-    adv_topk = torch.empty(n_eps, n, k, dtype=torch.long)
-    adversarials = torch.empty((n_eps, *images.shape), dtype=images.dtype) if return_images else None
-    for s in tqdm(list(batch_slices(n, batch_size)), desc="fgsm_sweep", disable=not progress):
-        x, y = images[s].to(device), labels[s].to(device)
-        grad, logits = input_gradient(model, x, y)
-        clean_topk[s] = logits.topk(k, dim=1).indices.cpu()
-        grad_sign = grad.sign()
-        with torch.inference_mode():
-            for i, eps in enumerate(epsilons):
-                adv = fgsm_step(x, grad_sign, eps, unit, targeted=targeted, clamp=convention == "pixel")
-                adv_topk[i, s] = model(adv).topk(k, dim=1).indices.cpu()
-                if adversarials is not None:
-                    adversarials[i, s] = adv.cpu()
-    return SweepResult(epsilons, labels.cpu(), clean_topk, adv_topk, adversarials)
+    kernel = partial(fgsm_sweep_kernel, model, epsilons=epsilons, unit=unit, clamp=convention == "pixel", k=k,
+                     targeted=check_flag(targeted, "targeted"), loss_fn=check_loss(loss, temperature),
+                     return_images=check_flag(return_images, "return_images"))
+    out = run_batched(kernel, (images, labels), device=model_device(model), batch_size=batch_size, out_device="cpu",
+                      progress=progress, desc="fgsm_sweep")
+    adversarials = out[2].transpose(0, 1) if return_images else None
+    return SweepResult(epsilons, labels.cpu(), out[0], out[1].transpose(0, 1), adversarials)
 
 
-def pgd(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, *, alpha: float, steps: int,
-        norm: str = "linf", random_start: bool = False, targeted: bool = False, loss: str = "ce",
-        temperature: float = 1.0, batch_size: int = 128, seed: int = 0) -> torch.Tensor:
-    """Projected gradient descent (Madry et al. 2018) in [0, 1] pixel space.
-
-    ``steps`` steps of size ``alpha`` along sign(grad) ("linf") or grad / ||grad||_2 ("l2"), each
-    followed by projection onto the eps-ball around the image and clamping to [0, 1]. random_start:
-    begin at a uniform point of the L-inf ball (or a random point of the L2 ball), drawn from a CPU
-    generator seeded with ``seed``. loss, temperature: see :func:`attack_loss`.
-    images: (N, C, H, W) in [0, 1]; labels: (N,) true classes (targets if ``targeted``).
-    Returns adversarial images (N, C, H, W) on the images' device.
-    """
-    labels = _check_attack_args(model, images, labels, "pixel", batch_size)
-    check_choice(norm, NORMS, "norm")
-    eps = check_eps(eps, upper=1.0 if norm == "linf" else None)
-    alpha = check_eps(alpha, name="alpha")
-    check_positive_int(steps, "steps")
-    check_loss(loss, temperature)
-    device = model_device(model)
-    generator = torch.Generator().manual_seed(seed)
-    out = torch.empty_like(images)
-    for s in batch_slices(images.shape[0], batch_size):
-        x, y = images[s].to(device), labels[s].to(device)
-        adv = x + _random_start(x, eps, norm, generator).to(device) if random_start else x.clone()
-        adv = _project(adv, x, eps, norm)
-        for _ in range(steps):
-            grad, _ = input_gradient(model, adv, y, loss=loss, temperature=temperature)
-            step = grad.sign() if norm == "linf" else grad / _l2(grad).clamp_min(1e-12)[:, None, None, None]
-            adv = _project(adv - alpha * step if targeted else adv + alpha * step, x, eps, norm)
-        out[s] = adv.to(out.device)
-    return out
-
+# ---------------------------------------------------------------------------------------------
+# PGD
 
 def _l2(t: torch.Tensor) -> torch.Tensor:
     """Per-image L2 norm, (N,)."""
@@ -243,9 +257,9 @@ def _l2(t: torch.Tensor) -> torch.Tensor:
 def _random_start(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator) -> torch.Tensor:
     """A random offset in the eps-ball: uniform per pixel (L-inf), or a random direction and radius (L2)."""
     if norm == "linf":
-        return eps * (torch.rand(x.shape, generator=generator) * 2 - 1)
-    noise = torch.randn(x.shape, generator=generator)
-    radius = eps * torch.rand(x.shape[0], generator=generator)
+        return eps * (torch.rand(x.shape, generator=generator, device=x.device) * 2 - 1)
+    noise = torch.randn(x.shape, generator=generator, device=x.device)
+    radius = eps * torch.rand(x.shape[0], generator=generator, device=x.device)
     return noise * (radius / _l2(noise).clamp_min(1e-12))[:, None, None, None]
 
 
@@ -259,39 +273,58 @@ def _project(adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch
     return (x + delta).clamp(0, 1)
 
 
-def cw_l2(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, c: float = 1.0, kappa: float = 0.0,
-          steps: int = 100, search_steps: int = 5, lr: float = 0.01, batch_size: int = 128) -> torch.Tensor:
-    """Carlini-Wagner L2 attack (untargeted), with a per-image binary search over the constant c.
+def pgd_kernel(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float, steps: int,
+               norm: str, targeted: bool, loss_fn: LossFunction, generator: torch.Generator | None) -> torch.Tensor:
+    """PGD on one batch on the model's device; ``generator`` (on that device) draws the random start,
+    None for none. x (B, C, H, W), y (B,) -> (B, C, H, W). Unchecked."""
+    adv = x + _random_start(x, eps, norm, generator) if generator is not None else x.clone()
+    adv = _project(adv, x, eps, norm)
+    for _ in range(steps):
+        grad, _ = _input_gradient(model, adv, y, loss_fn)
+        step = grad.sign() if norm == "linf" else grad / _l2(grad).clamp_min(1e-12)[:, None, None, None]
+        adv = _project(adv - alpha * step if targeted else adv + alpha * step, x, eps, norm)
+    return adv
 
-    Optimises ``w`` with Adam, where ``x' = (tanh(w) + 1) / 2`` stays in [0, 1], minimising
-    ``||x' - x||_2^2 + c * max(z_y - max_{j != y} z_j, -kappa)``. After each of ``search_steps``
-    rounds, c halves (towards the midpoint) for images that were fooled and grows tenfold (or to the
-    midpoint) for those that were not. Returns, per image, the smallest-L2 adversarial image found,
-    or the original image where none was (check with a prediction). images: (N, C, H, W) in [0, 1].
+
+def pgd(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, eps: float, alpha: float, steps: int,
+        norm: str = "linf", random_start: bool = False, targeted: bool = False, loss: str | LossFunction = "ce",
+        temperature: float = 1.0, batch_size: int = 128, seed: int = 0, progress: bool = False) -> torch.Tensor:
+    """Projected gradient descent (Madry et al. 2018) in [0, 1] pixel space.
+
+    ``steps`` steps of size ``alpha`` along sign(grad) ("linf") or grad / ||grad||_2 ("l2"), each
+    followed by projection onto the eps-ball (of that norm) around the image and clamping to [0, 1].
+    random_start: begin at a uniform point of the L-inf ball (or a random point of the L2 ball),
+    drawn from a generator on the model's device seeded with ``seed``. Otherwise the attack
+    contract (module docstring). Returns adversarial images (N, C, H, W) on the images' device.
     """
-    labels = _check_attack_args(model, images, labels, "pixel", batch_size)
-    c = check_eps(c, name="c")
-    kappa = check_eps(kappa, name="kappa")
-    check_positive_int(steps, "steps")
-    check_positive_int(search_steps, "search_steps")
-    device = model_device(model)
-    out = images.clone()
-    for s in batch_slices(images.shape[0], batch_size):
-        x, y = images[s].to(device), labels[s].to(device)
-        out[s] = _cw_batch(model, x, y, c, kappa, steps, search_steps, lr).to(out.device)
-    return out
+    images, labels = checked_inputs(model, images, labels, batch_size)
+    check_choice(norm, NORMS, "norm")
+    device, seed = model_device(model), check_seed(seed)
+    generator = torch.Generator(device).manual_seed(seed) if check_flag(random_start, "random_start") else None
+    kernel = partial(pgd_kernel, model, eps=check_eps(eps, upper=1.0 if norm == "linf" else None),
+                     alpha=check_eps(alpha, name="alpha"), steps=check_positive_int(steps, "steps"), norm=norm,
+                     targeted=check_flag(targeted, "targeted"), loss_fn=check_loss(loss, temperature),
+                     generator=generator)
+    return run_batched(kernel, (images, labels), device=device, batch_size=batch_size, progress=progress, desc="pgd")
 
 
-def _cw_batch(model, x, y, c, kappa, steps, search_steps, lr):
-    """:func:`cw_l2` on one batch already on the model's device: x (N, C, H, W), y (N,).
-    Returns (N, C, H, W): the smallest-L2 adversarial found per image, else the image itself."""
+# ---------------------------------------------------------------------------------------------
+# Carlini-Wagner L2
+
+def cw_l2_kernel(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float | None, targeted: bool,
+                 loss_fn: LossFunction, c: float, kappa: float, steps: int, search_steps: int,
+                 lr: float) -> torch.Tensor:
+    """:func:`cw_l2` on one batch on the model's device: x (B, C, H, W), y (B,) -> (B, C, H, W): the
+    smallest-L2 adversarial found per image (within ``eps`` when given), else the image itself.
+    No host synchronisation (masks select with ``torch.where``). Unchecked."""
     n = x.shape[0]
     lower = torch.zeros(n, device=x.device)
     upper = torch.full((n,), float("inf"), device=x.device)
     const = torch.full((n,), float(c), device=x.device)
-    best_dist = torch.full((n,), float("inf"), device=x.device)
+    best_dist = torch.full((n,), float("inf") if eps is None else eps ** 2, device=x.device)
     best = x.clone()
     w0 = torch.atanh((x * 2 - 1).clamp(-1 + 1e-6, 1 - 1e-6))
+    sign = 1.0 if targeted else -1.0  # the term c * max(sign * loss, -kappa) is minimised
     for _ in range(search_steps):
         w = w0.clone().requires_grad_(True)
         optimizer = torch.optim.Adam([w], lr=lr)
@@ -300,17 +333,91 @@ def _cw_batch(model, x, y, c, kappa, steps, search_steps, lr):
             adv = (torch.tanh(w) + 1) / 2
             logits = model(adv)
             dist = (adv - x).flatten(1).pow(2).sum(1)
-            margin = -margin_per_image(logits, y)  # z_y - max_{j != y} z_j
-            objective = (dist + const * margin.clamp(min=-kappa)).sum()
+            objective = (dist + const * (sign * loss_fn(logits, y)).clamp(min=-kappa)).sum()
             (w.grad,) = torch.autograd.grad(objective, w)
             optimizer.step()
             with torch.no_grad():
-                success = logits.argmax(1) != y
+                predicted = logits.argmax(1)
+                success = predicted == y if targeted else predicted != y
                 improved = success & (dist < best_dist)
                 best_dist = torch.where(improved, dist, best_dist)
-                best[improved] = adv.detach()[improved]
+                best = torch.where(improved[:, None, None, None], adv.detach(), best)
                 fooled |= success
         upper = torch.where(fooled, torch.minimum(upper, const), upper)
         lower = torch.where(fooled, lower, torch.maximum(lower, const))
         const = torch.where(upper < float("inf"), (lower + upper) / 2, const * 10)
     return best
+
+
+def cw_l2(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, eps: float | None = None,
+          targeted: bool = False, loss: str | LossFunction = "margin", temperature: float = 1.0, c: float = 1.0,
+          kappa: float = 0.0, steps: int = 100, search_steps: int = 5, lr: float = 0.01, batch_size: int = 128,
+          progress: bool = False) -> torch.Tensor:
+    """Carlini-Wagner L2 attack, with a per-image binary search over the constant c.
+
+    Optimises ``w`` with Adam, where ``x' = (tanh(w) + 1) / 2`` stays in [0, 1], minimising
+    ``||x' - x||_2^2 + c * max(-m, -kappa)`` with ``m`` the margin of the label (untargeted: ``m =
+    max_{j != y} z_j - z_y``; targeted: ``m = z_t - max_{j != t} z_j``). After each of ``search_steps``
+    rounds, c halves (towards the midpoint) for images that were fooled and grows tenfold (or to the
+    midpoint) for those that were not. ``eps``: an L2 budget (None: unbounded); adversarials found
+    farther away are discarded. ``loss``: "margin" (C&W's), or a callable that, like the margin, turns
+    positive once the attack succeeds ("ce" is refused: it never changes sign). Otherwise the
+    attack contract. Returns, per image, the smallest-L2 adversarial image found, or the original
+    image where none was (check with a prediction).
+    """
+    images, labels = checked_inputs(model, images, labels, batch_size)
+    if loss == "ce":
+        raise ValueError("loss 'ce' cannot drive cw_l2 (it never changes sign at the decision boundary); "
+                         "use loss='margin' or a margin-like callable")
+    kernel = partial(cw_l2_kernel, model, eps=None if eps is None else check_eps(eps), targeted=check_flag(targeted, "targeted"),
+                     loss_fn=check_loss(loss, temperature), c=check_eps(c, name="c"), kappa=check_eps(kappa, name="kappa"),
+                     steps=check_positive_int(steps, "steps"), search_steps=check_positive_int(search_steps, "search_steps"),
+                     lr=check_positive_number(lr, "lr"))
+    return run_batched(kernel, (images, labels), device=model_device(model), batch_size=batch_size,
+                       progress=progress, desc="cw_l2")
+
+
+# ---------------------------------------------------------------------------------------------
+# Attacks as values
+
+#: The attacks of the contract, by the name :func:`get` takes, with their display names.
+ATTACKS = {"fgsm": (fgsm, "FGSM"), "pgd": (pgd, "PGD"), "cw_l2": (cw_l2, "C&W-L2")}
+_NOT_SETTINGS = ("model", "images", "labels")
+
+
+@dataclass
+class Attack:
+    """An attack of the contract with its settings: ``attack(model, images, labels) -> adversarial images``.
+
+    attack: the function's name in :data:`ATTACKS`; settings: its keyword arguments; name: a
+    readable name for tables and figures. Calling it with extra keywords overrides the settings.
+    Plain data (picklable), so it travels to worker processes.
+    """
+
+    attack: str
+    settings: dict = field(default_factory=dict)
+    name: str = ""
+
+    def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, **overrides) -> torch.Tensor:
+        function = ATTACKS[self.attack][0]
+        return function(model, images, labels, **{**self.settings, **overrides})
+
+
+def get(attack: str, /, *, name: str | None = None, **settings) -> Attack:
+    """An :class:`Attack`: ``attack`` (a key of :data:`ATTACKS`) with ``settings`` (its keyword
+    arguments, e.g. ``get("pgd", eps=0.3, alpha=0.01, steps=40)``). An unknown attack or setting is
+    an error here; the values are checked when it runs. ``name`` defaults to e.g.
+    "PGD (eps=0.3, alpha=0.01, steps=40)"."""
+    check_choice(attack, list(ATTACKS), "attack")
+    function, display = ATTACKS[attack]
+    accepted = [p for p in inspect.signature(function).parameters if p not in _NOT_SETTINGS]
+    unknown = sorted(set(settings) - set(accepted))
+    if unknown:
+        raise TypeError(f"unknown setting(s) {unknown} for attack {attack!r}; it takes {accepted}")
+    if name is None:
+        shown = ", ".join(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
+                          for key, value in settings.items() if key not in ("batch_size", "progress"))
+        name = f"{display} ({shown})" if shown else display
+    elif not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {type(name).__name__}")
+    return Attack(attack, dict(settings), name)

@@ -11,6 +11,9 @@ from numbers import Real
 from typing import Sequence
 
 import torch
+from torch import nn
+
+from .batching import model_device, module_mode
 
 
 def check_images(images, *, name: str = "images", pixel_range: bool = True) -> torch.Tensor:
@@ -30,11 +33,11 @@ def check_images(images, *, name: str = "images", pixel_range: bool = True) -> t
             f"{name} must lie in [0, 1] pixel space (got min {images.min().item():.4g}, "
             f"max {images.max().item():.4g}); the model owns its normalisation"
         )
-    return images
+    return images.clone() if images.is_inference() else images  # made under inference_mode: usable by autograd
 
 
 def check_labels(labels, n: int, *, name: str = "labels", num_classes: int | None = None) -> torch.Tensor:
-    """An integer tensor of shape (n,) with values in [0, num_classes)."""
+    """An integer tensor of shape (n,) with values in [0, num_classes); returned as int64."""
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of class indices, got {type(labels).__name__}")
     if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
@@ -44,7 +47,7 @@ def check_labels(labels, n: int, *, name: str = "labels", num_classes: int | Non
     if labels.min() < 0 or (num_classes is not None and labels.max() >= num_classes):
         bound = f"[0, {num_classes})" if num_classes is not None else "[0, inf)"
         raise ValueError(f"{name} must lie in {bound}, got min {labels.min().item()}, max {labels.max().item()}")
-    return labels.long()
+    return labels.clone().long() if labels.is_inference() else labels.long()
 
 
 def check_eps(eps, *, name: str = "eps", upper: float | None = None) -> float:
@@ -106,3 +109,40 @@ def check_choice(value, choices: Sequence[str], name: str) -> str:
     if value not in choices:
         raise ValueError(f"unknown {name} {value!r}; choose one of {list(choices)}")
     return value
+
+
+def check_flag(value, name: str) -> bool:
+    """A Python bool (or numpy bool); a string such as "no" or a 0/1 int is refused."""
+    if not isinstance(value, bool) and type(value).__name__ != "bool_":
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
+def check_model_fits(model, images: torch.Tensor, *, name: str = "images") -> int:
+    """Run ``model`` on the first of ``images`` (eval mode, inference mode, on the model's device) and
+    return the number of classes it outputs. An input the model cannot take (channels, size, dtype)
+    raises ValueError naming ``name`` instead of a torch error from deep inside a forward pass."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    try:
+        with module_mode(model, training=False), torch.inference_mode():
+            logits = model(images[:1].to(model_device(model)))
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        raise ValueError(f"{name} of shape {tuple(images.shape)} and dtype {images.dtype} do not fit the model "
+                         f"({type(model).__name__}): {str(err).splitlines()[0]}") from err
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+        raise ValueError(f"the model must return logits of shape (N, K) for {name}, got "
+                         f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__}")
+    return logits.shape[1]
+
+
+def checked_inputs(model, images, labels, batch_size, *, pixel_range: bool = True, names=("images", "labels")):
+    """The checks every batched entry point makes once: images (N, C, H, W) finite (in [0, 1] when
+    ``pixel_range``) that fit the model, labels (N,) in [0, number of classes the model outputs),
+    and a positive batch size. Returns (images, labels as int64), usable by autograd even when they
+    were made under ``torch.inference_mode``."""
+    images = check_images(images, name=names[0], pixel_range=pixel_range)
+    num_classes = check_model_fits(model, images, name=names[0])
+    labels = check_labels(labels, images.shape[0], name=names[1], num_classes=num_classes)
+    check_positive_int(batch_size, "batch_size")
+    return images, labels

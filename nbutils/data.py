@@ -24,8 +24,9 @@ import torch
 from PIL import Image
 from torchvision.transforms import functional as TF
 
+from .batching import split_indices
 from .checks import check_choice
-from .files import atomic_path
+from .files import atomic_path, project_root, sha256_file
 
 ENV_VAR = "NBUTILS_DATA"
 TINY_IMAGENET_URL = "https://raw.githubusercontent.com/phlippe/saved_models/main/tutorial10/TinyImageNet.zip"
@@ -68,24 +69,8 @@ class LabelledImages:
                 "checksums_verified": self.checksums_verified}
 
 
-def split_indices(n: int, n_val: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """A random split of range(n) into (train, val) index tensors, val of size ``n_val``."""
-    if not 0 <= n_val < n:
-        raise ValueError(f"n_val must lie in [0, {n}), got {n_val}")
-    order = torch.randperm(n, generator=generator)
-    return order[n_val:], order[:n_val]
-
-
 # ---------------------------------------------------------------------------------------------
 # Locations, checksums, downloads
-
-def project_root() -> Path | None:
-    """The checkout this package lives in (the folder holding ``_toc.yml``), or None when installed."""
-    for folder in Path(__file__).resolve().parents:
-        if (folder / "_toc.yml").is_file() and (folder / "nbutils").is_dir():
-            return folder
-    return None
-
 
 def project_data_dir() -> Path:
     """``data/`` of the checkout, or ``./data`` when the package is installed without one."""
@@ -97,15 +82,6 @@ def data_roots() -> list[Path]:
     """Folders searched for datasets, in order: each of ``NBUTILS_DATA``, then ``data/``."""
     roots = [Path(p).expanduser() for p in os.environ.get(ENV_VAR, "").split(os.pathsep) if p]
     return roots + [project_data_dir()]
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_checksums(sums_file: Path) -> dict[str, str]:
@@ -414,6 +390,17 @@ def imagenet_subset(name: str, *, n_images: int = 0, resize: int | None = 256, c
     if name == "tiny-imagenet":
         return tiny_imagenet(indices=range(n_images) if n_images else None, download=download)
     return imagenet_sample(classes=range(n_images) if n_images else None, resize=resize, crop=crop, download=download)
+
+
+def imagenet_for(model, name: str, *, n_images: int = 0, download: bool = False) -> LabelledImages:
+    """:func:`imagenet_subset` at ``model``'s eval sizes (its ``resize`` and ``crop``), loaded once per
+    (dataset, count, sizes) and kept: torchvision's V2 weights evaluate at another resize than V1."""
+    return _imagenet_kept(name, n_images, getattr(model, "resize", 256), getattr(model, "crop", 224), download)
+
+
+@lru_cache(maxsize=8)
+def _imagenet_kept(name: str, n_images: int, resize: int | None, crop: int | None, download: bool) -> LabelledImages:
+    return imagenet_subset(name, n_images=n_images, resize=resize, crop=crop, download=download)
 
 
 def add_data_root(path: str | os.PathLike) -> None:

@@ -1,5 +1,6 @@
-"""Atomic file writes (a result, figure, cache entry or download is either whole or absent), and the
-naming, saving and loading of cache entries."""
+"""The ground floor for files: the checkout's root, atomic writes (a result, figure, cache entry or
+download is either whole or absent), SHA-256 digests of files and tensors, and the naming, saving and
+loading of cache entries."""
 from __future__ import annotations
 
 import hashlib
@@ -11,6 +12,31 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+
+
+def project_root() -> Path | None:
+    """The checkout this package lives in (the folder holding ``_toc.yml``), or None when installed."""
+    for folder in Path(__file__).resolve().parents:
+        if (folder / "_toc.yml").is_file() and (folder / "nbutils").is_dir():
+            return folder
+    return None
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tensor_digest(tensor: torch.Tensor) -> str:
+    """SHA-256 of a tensor's dtype, shape and bytes (hex), e.g. to key a cache by its data."""
+    array = tensor.detach().contiguous().cpu()
+    digest = hashlib.sha256(f"{array.dtype}{tuple(array.shape)}".encode())
+    digest.update(array.view(torch.uint8).numpy().tobytes() if array.numel() else b"")
+    return digest.hexdigest()
 
 
 @contextmanager
@@ -28,6 +54,13 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file renamed into place."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
 
 
 def settings_key(stem: str, settings: dict, suffix: str = ".pt") -> str:

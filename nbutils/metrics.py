@@ -1,31 +1,39 @@
-"""Evaluation: batched inference, top-k error, accuracy under FGSM (two protocols), and the
-signature of a masked gradient."""
+"""Evaluation: batched inference, top-k error, accuracy under FGSM (two protocols), accuracy under
+any attack, and the signature of a masked gradient. Every rate is a fraction in [0, 1]."""
 from __future__ import annotations
 
 import time
-from typing import Callable, Sequence
+from functools import partial
+from typing import Callable, Mapping, Sequence
 
 import pandas as pd
 import torch
 from torch import nn
 
-from .attacks import batch_slices, fgsm_step, fgsm_sweep, input_gradient
-from .checks import check_choice, check_epsilons, check_images, check_labels, check_positive_int, check_seed
-from .models import model_device, module_mode
+from .attacks import fgsm_sweep, input_gradient
+from .batching import model_device, module_mode, run_batched
+from .checks import (check_choice, check_epsilons, check_images, check_labels, check_model_fits, check_positive_int,
+                     check_positive_number, check_seed, checked_inputs)
 
 
-def predict(model: nn.Module, images: torch.Tensor, *, batch_size: int = 128) -> torch.Tensor:
-    """Logits (N, K) on the CPU, computed in inference mode in batches on the model's device.
+def predict(model: nn.Module, images: torch.Tensor, *, batch_size: int = 128, progress: bool = False) -> torch.Tensor:
+    """Logits (N, K) as float32 on the CPU, computed in inference mode in batches on the model's device.
 
     images: (N, C, H, W) in the model's input space (pixels for a nbutils Classifier; values
     outside [0, 1] are allowed, e.g. the tutorial convention's unclamped images).
     """
-    check_images(images, pixel_range=False)
+    images = check_images(images, pixel_range=False)
+    check_model_fits(model, images)
     check_positive_int(batch_size, "batch_size")
-    device = model_device(model)
+    return _predict(model, images, batch_size=batch_size, progress=progress)
+
+
+def _predict(model: nn.Module, images: torch.Tensor, *, batch_size: int, progress: bool = False,
+             out_device: str | torch.device = "cpu") -> torch.Tensor:
+    """:func:`predict` without the argument checks; logits land on ``out_device``."""
     with torch.inference_mode():
-        return torch.cat([model(images[s].to(device)).float().cpu()
-                          for s in batch_slices(images.shape[0], batch_size)])
+        return run_batched(lambda x: model(x).float(), (images,), device=model_device(model), batch_size=batch_size,
+                           out_device=out_device, progress=progress, desc="predict")
 
 
 def topk_probabilities(logits: torch.Tensor, k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,8 +49,8 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Te
 
 
 def topk_error(logits: torch.Tensor, labels: torch.Tensor, k: int = 1) -> float:
-    """Top-k error in percent: 100 * (1 - fraction of images whose label is among the top k)."""
-    return 100.0 * (1.0 - topk_correct(logits, labels, k).double().mean().item())
+    """Top-k error rate: the fraction of images whose label is not among the top k, in [0, 1]."""
+    return 1.0 - topk_correct(logits, labels, k).double().mean().item()
 
 
 def topk_table(logits: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str], k: int = 5) -> pd.DataFrame:
@@ -57,7 +65,7 @@ def topk_table(logits: torch.Tensor, labels: torch.Tensor, class_names: Sequence
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int = 1000) -> float:
     """Fraction of ``images`` whose top-1 prediction is the label, in eval mode (dropout off)."""
     with module_mode(model, training=False):
-        return 1.0 - topk_error(predict(model, images, batch_size=batch_size), labels, 1) / 100.0
+        return 1.0 - topk_error(predict(model, images, batch_size=batch_size), labels, 1)
 
 
 #: How :func:`fgsm_accuracy` tests a model: the sound way, or the way the paper's source notebook did.
@@ -81,14 +89,12 @@ def fgsm_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
     Returns columns eps, correct, total, accuracy, protocol (one row per eps).
     """
     check_choice(protocol, FGSM_PROTOCOLS, "protocol")
-    check_images(images)
-    labels = check_labels(labels, images.shape[0], num_classes=getattr(model, "num_classes", None))
+    images, labels = checked_inputs(model, images, labels, batch_size)
     epsilons = check_epsilons(epsilons, upper=1.0)
-    check_positive_int(batch_size, "batch_size")
     check_seed(seed)
     if protocol == "sound":
         with module_mode(model, training=False):
-            correct = fgsm_sweep(model, images, labels, epsilons, batch_size=batch_size, k=1).correct(1).sum(1).tolist()
+            correct = fgsm_sweep(model, images, labels, epsilons=epsilons, batch_size=batch_size, k=1).correct(1).sum(1).tolist()
     else:
         correct = _source_fgsm_correct(model, images, labels, epsilons, batch_size, seed)
     n = images.shape[0]
@@ -97,21 +103,35 @@ def fgsm_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
 
 
 def _source_fgsm_correct(model, images, labels, epsilons, batch_size, seed) -> list[int]:
-    """Correct counts per eps under the source notebook's test(): dropout on, wrong first passes skipped."""
+    """Correct counts per eps under the source notebook's test(): dropout on, wrong first passes skipped.
+    One host read per eps, after the whole test set."""
     device = model_device(model)
     torch.manual_seed(seed)
     counts = []
     with module_mode(model, training=True):
         for eps in epsilons:
-            count = torch.zeros((), dtype=torch.long, device=device)
-            for s in batch_slices(images.shape[0], batch_size):
-                x, y = images[s].to(device), labels[s].to(device)
-                grad, logits = input_gradient(model, x, y)
-                adv = fgsm_step(x, grad.sign(), eps, 1.0, targeted=False, clamp=True)
-                with torch.inference_mode():
-                    count += ((logits.argmax(1) == y) & (model(adv).argmax(1) == y)).sum()
-            counts.append(int(count))
+            right = run_batched(partial(_source_fgsm_kernel, model, eps=eps), (images, labels), device=device,
+                                batch_size=batch_size, out_device=device)
+            counts.append(int(right.sum()))
     return counts
+
+
+def _source_fgsm_kernel(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float) -> torch.Tensor:
+    """(B,) bool for one batch of the source's test(): right on the first (noisy) pass and on the
+    adversarial image (another dropout draw). FGSM of the plain cross-entropy, clamped to [0, 1]."""
+    grad, logits = input_gradient(model, x, y)
+    adv = (x + eps * grad.sign()).clamp(0, 1)
+    with torch.inference_mode():
+        return (logits.argmax(1) == y) & (model(adv).argmax(1) == y)
+
+
+def _masking_kernel(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, temperature: float) -> torch.Tensor:
+    """(B, 5) per-image statistics of :func:`gradient_masking` for one batch on the device."""
+    grad, logits = input_gradient(model, x, y, temperature=temperature)
+    max_prob = (logits.float() / temperature).softmax(1).amax(1)
+    top2 = logits.topk(2, dim=1).values
+    return torch.stack([grad.abs().flatten(1).sum(1), (grad == 0).flatten(1).all(1).float(),
+                        max_prob, (max_prob == 1.0).float(), top2[:, 0] - top2[:, 1]], 1)
 
 
 def gradient_masking(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, temperature: float = 1.0,
@@ -123,45 +143,47 @@ def gradient_masking(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     float32 softmax maximum at T), saturated (max_prob rounds to exactly 1.0), logit_gap (largest
     minus second-largest logit, unscaled). images: (N, C, H, W) in [0, 1]; labels: (N,).
     """
-    check_images(images)
-    labels = check_labels(labels, images.shape[0], num_classes=getattr(model, "num_classes", None))
-    check_positive_int(batch_size, "batch_size")
-    device, parts = model_device(model), []
+    images, labels = checked_inputs(model, images, labels, batch_size)
+    temperature = check_positive_number(temperature, "temperature")
     with module_mode(model, training=False):
-        for s in batch_slices(images.shape[0], batch_size):
-            x, y = images[s].to(device), labels[s].to(device)
-            grad, logits = input_gradient(model, x, y, temperature=temperature)
-            max_prob = (logits.float() / temperature).softmax(1).amax(1)
-            top2 = logits.topk(2, dim=1).values
-            parts.append(torch.stack([grad.abs().flatten(1).sum(1), (grad == 0).flatten(1).all(1).float(),
-                                      max_prob, (max_prob == 1.0).float(), top2[:, 0] - top2[:, 1]], 1).cpu())
-    stats = torch.cat(parts).double().numpy()
-    table = pd.DataFrame(stats, columns=["grad_l1", "grad_zero", "max_prob", "saturated", "logit_gap"])
+        stats = run_batched(partial(_masking_kernel, model, temperature=temperature), (images, labels),
+                            device=model_device(model), batch_size=batch_size, out_device="cpu")
+    table = pd.DataFrame(stats.double().numpy(), columns=["grad_l1", "grad_zero", "max_prob", "saturated", "logit_gap"])
     return table.astype({"grad_zero": bool, "saturated": bool})
 
 
-def robustness_table(models: dict[str, nn.Module], attacks: dict[str, Callable], images: torch.Tensor,
-                     labels: torch.Tensor, *, batch_size: int = 1000) -> pd.DataFrame:
+def robustness_table(models: Mapping[str, nn.Module], attacks: Mapping[str, Callable] | Sequence[Callable],
+                     images: torch.Tensor, labels: torch.Tensor, *, batch_size: int = 1000) -> pd.DataFrame:
     """Accuracy of every model under every attack: one tidy row per (defence, attack).
 
-    models: {defence name: model}, each evaluated in eval mode; attacks: {attack name: callable
-    (model, images, labels) -> adversarial images}, e.g. ``lambda m, x, y: pgd(m, x, y, 0.3, ...)``.
-    images: (N, C, H, W) in [0, 1]; labels: (N,). Columns: defence, attack, accuracy (fraction
-    classified correctly after the attack), clean_accuracy, n_images, success (fraction of clean-correct
-    images the attack turned wrong), median_linf and median_l2 (size of those successful
-    perturbations; NaN when none), seconds (wall time of the attack).
+    models: {defence name: model}, each evaluated in eval mode. attacks: :class:`nbutils.attacks.Attack`
+    values (``attacks.get("pgd", eps=0.3, ...)``, listed by their ``name``), or {name: callable
+    (model, images, labels) -> adversarial images}. images: (N, C, H, W) in [0, 1]; labels: (N,).
+    Columns: defence, attack, accuracy (fraction classified correctly after the attack),
+    clean_accuracy, n_images, success (fraction of clean-correct images the attack turned wrong),
+    median_linf and median_l2 (size of those successful perturbations; NaN when none), seconds
+    (wall time of the attack).
     """
-    check_images(images)
-    labels = check_labels(labels, images.shape[0])
+    if not isinstance(attacks, Mapping):
+        attacks = {getattr(attack, "name", None) or getattr(attack, "__name__", repr(attack)): attack
+                   for attack in attacks}
+    for name, attack in attacks.items():
+        if not callable(attack):
+            raise TypeError(f"attack {name!r} must be callable (model, images, labels) -> adversarial images")
     rows = []
     for defence, model in models.items():
+        images, labels = checked_inputs(model, images, labels, batch_size)
         with module_mode(model, training=False):
-            clean_right = predict(model, images, batch_size=batch_size).argmax(1) == labels
+            clean_right = _predict(model, images, batch_size=batch_size).argmax(1) == labels
             for attack, run in attacks.items():
                 start = time.perf_counter()
                 adversarial = run(model, images, labels)
                 seconds = time.perf_counter() - start
-                right = predict(model, adversarial, batch_size=batch_size).argmax(1) == labels
+                if not isinstance(adversarial, torch.Tensor) or adversarial.shape != images.shape:
+                    raise ValueError(f"attack {attack!r} returned {type(adversarial).__name__} "
+                                     f"{tuple(getattr(adversarial, 'shape', ()))}, not images of shape {tuple(images.shape)}")
+                check_images(adversarial, name=f"the images attack {attack!r} returned", pixel_range=False)
+                right = _predict(model, adversarial, batch_size=batch_size).argmax(1) == labels
                 turned = clean_right & ~right
                 delta = (adversarial - images).flatten(1)[turned]
                 rows.append({"defence": defence, "attack": attack, "accuracy": right.double().mean().item(),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -18,7 +17,8 @@ import torch
 from torch import nn
 
 from .checks import check_choice
-from .data import imagenet_class_names, sha256_file
+from .data import imagenet_class_names
+from .files import sha256_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -58,7 +58,10 @@ class Classifier(nn.Module):
         return f"{self.name} (offline stand-in)" if self.stand_in else self.name
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) pixels -> the net's input space."""
+        """(N, C, H, W) pixels -> the net's input space. C must be the normalisation's channel count
+        (a shape check on the host: it would otherwise broadcast 1 channel to 3 silently)."""
+        if x.ndim != 4 or x.shape[1] != self.mean.shape[0]:
+            raise ValueError(f"{self.name} takes (N, {self.mean.shape[0]}, H, W) pixels, got shape {tuple(x.shape)}")
         return (x - self.mean[:, None, None]) / self.std[:, None, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -206,30 +209,6 @@ def imagenet_model(name: str, weights: str | None = None, *, download: bool = Fa
     else:
         model = _torchvision_classifier(name, weights, download, channels_last)
     return freeze(model).to(device)
-
-
-def default_device(device: str = "auto") -> torch.device:
-    """'auto' -> cuda if available, else cpu; anything else is passed to torch.device."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else torch.device(device)
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of a model's first parameter or buffer (cpu for a model with neither)."""
-    for t in (*model.parameters(), *model.buffers()):
-        return t.device
-    return torch.device("cpu")
-
-
-@contextmanager
-def module_mode(model: nn.Module, *, training: bool):
-    """Run ``model`` in train (dropout on) or eval mode (no dropout, frozen BatchNorm statistics),
-    restoring its mode afterwards."""
-    was_training = model.training
-    model.train(training)
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 # ---------------------------------------------------------------------------------------------

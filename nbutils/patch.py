@@ -22,6 +22,7 @@ import json
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -29,11 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .attacks import batch_slices
-from .checks import check_images, check_labels, check_positive_int, check_seed
-from .data import split_indices
+from .batching import model_device, module_mode, run_batched, split_indices
+from .checks import check_flag, check_images, check_positive_int, check_seed, checked_inputs
 from .files import load_state, save_state, settings_key
-from .models import model_device, module_mode
 
 #: The main paper's five patch targets (Tables VII-XII) and their ImageNet class indices.
 PAPER_TARGETS = {"saltshaker": 773, "soap dispenser": 804, "digital clock": 530, "piggy bank": 719, "toaster": 859}
@@ -265,8 +264,8 @@ class PatchScore:
     placements: int
 
     def rates(self, index: torch.Tensor | None = None) -> dict:
-        """Top-1 and top-5 target rates in percent over the eligible images (of ``index`` if given),
-        and the number of images and of (image, placement) trials counted."""
+        """Top-1 and top-5 target rates (fractions in [0, 1]) over the eligible images (of ``index`` if
+        given), and the number of images and of (image, placement) trials counted."""
         mask = self.eligible.clone()
         if index is not None:
             keep = torch.zeros_like(mask)
@@ -275,9 +274,26 @@ class PatchScore:
         trials = int(mask.sum()) * self.placements
         if trials == 0:
             raise ValueError("no image whose true class differs from the target: nothing to score")
-        return {"top1": 100.0 * int(self.top1_hits[mask].sum()) / trials,
-                "top5": 100.0 * int(self.top5_hits[mask].sum()) / trials,
+        return {"top1": int(self.top1_hits[mask].sum()) / trials, "top5": int(self.top5_hits[mask].sum()) / trials,
                 "n_images": int(mask.sum()), "n_trials": trials}
+
+
+def evaluate_patch_kernel(model: nn.Module, x: torch.Tensor, positions: torch.Tensor, *, patch: torch.Tensor,
+                          target: int, stacked: bool, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hit counts of one batch on the device: x (B, C, H, W), positions (B, P, 2) for P placements.
+    Returns (top-1 hits, top-k hits), each (B,) int64. Unchecked; run it in inference mode."""
+    top1 = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+    topk = torch.zeros_like(top1)
+    current = x
+    for j in range(positions.shape[1]):
+        patched = paste(current, patch, positions[:, j])
+        if stacked:
+            current = patched
+        logits = model(patched)
+        top = logits.topk(min(k, logits.shape[1]), dim=1).indices
+        top1 += top[:, 0] == target
+        topk += (top == target).any(dim=1)
+    return top1, topk
 
 
 def evaluate_patch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, patch: torch.Tensor, target: int,
@@ -291,30 +307,19 @@ def evaluate_patch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     placement j - 1, so it carries j patches. Positions are drawn from a CPU generator seeded with
     ``seed`` (the same positions whether stacked or not). No autograd: inference mode throughout.
     """
-    check_images(images)
-    labels = check_labels(labels, images.shape[0], num_classes=getattr(model, "num_classes", None))
+    images, labels = checked_inputs(model, images, labels, batch_size)
     patch = check_patch(patch, images)
     target = check_target(target, model)
     check_positive_int(placements, "placements")
-    check_positive_int(batch_size, "batch_size")
-    device, size, n = model_device(model), patch.shape[-1], images.shape[0]
-    generator = torch.Generator().manual_seed(seed)
-    positions = torch.stack([random_positions(n, images.shape[-2:], size, generator) for _ in range(placements)])
-    positions, patch = positions.to(device), patch.to(device)
-    top1 = torch.zeros(n, dtype=torch.long, device=device)  # hit counts stay on the device: no sync per batch
-    top5 = torch.zeros(n, dtype=torch.long, device=device)
+    check_positive_int(k, "k")
+    device, n = model_device(model), images.shape[0]
+    generator = torch.Generator().manual_seed(check_seed(seed))
+    positions = torch.stack([random_positions(n, images.shape[-2:], patch.shape[-1], generator)
+                             for _ in range(placements)], dim=1)  # (N, placements, 2)
+    kernel = partial(evaluate_patch_kernel, model, patch=patch.to(device), target=target,
+                     stacked=check_flag(stacked, "stacked"), k=k)
     with module_mode(model, training=False), torch.inference_mode():
-        for s in batch_slices(n, batch_size):
-            current = images[s].to(device, non_blocking=True)
-            for j in range(placements):
-                patched = paste(current, patch, positions[j, s])
-                if stacked:
-                    current = patched
-                logits = model(patched)
-                top = logits.topk(min(k, logits.shape[1]), dim=1).indices
-                top1[s] += top[:, 0] == target
-                top5[s] += (top == target).any(dim=1)
-    top1, top5 = top1.cpu(), top5.cpu()
+        top1, top5 = run_batched(kernel, (images, positions), device=device, batch_size=batch_size, out_device="cpu")
     return PatchScore(top1, top5, labels.cpu() != target, placements)
 
 
@@ -370,7 +375,7 @@ def score_protocols(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
     """Score ``trained`` under each of :data:`PROTOCOLS` with the same random positions.
 
     Two passes over ``images`` (stacked and not); the held-out score is the unstacked pass restricted
-    to ``trained.val_index``. Returns one dict per protocol: protocol, top1, top5 (percent),
+    to ``trained.val_index``. Returns one dict per protocol: protocol, top1, top5 (fractions),
     n_images, n_trials.
     """
     scores = {stacked: evaluate_patch(model, images, labels, trained.patch, trained.target, placements=placements,

@@ -17,17 +17,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .data import project_root
-from .files import atomic_path
+from .files import atomic_write_text, project_root
 
 VERSIONED = ("torch", "torchvision", "timm", "numpy", "pandas", "nbutils", "torchattacks", "scikit-learn")
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file renamed into place."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-    return Path(path)
 
 
 def package_versions(names=VERSIONED) -> dict[str, str]:
@@ -72,14 +64,6 @@ def provenance(*, seed: int, device: torch.device | str, profile: str, started: 
     return {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "profile": profile, "seed": seed,
             "device": str(device), "device_name": device_name(device), "wall_time_s": round(time.time() - started, 1),
             "git_commit": git_commit(), "platform": platform.platform(), "versions": package_versions(), **details}
-
-
-def results_dir(results_dir: str | None, profile: str, chapter: str) -> Path:
-    """Where a chapter writes: ``results_dir`` if given, else ``<checkout>/results/<profile>/<chapter>``."""
-    if results_dir:
-        return Path(results_dir)
-    base = project_root() or Path.cwd()
-    return base / "results" / profile / chapter
 
 
 def write_results(table: pd.DataFrame, name: str, folder: Path, provenance: dict) -> tuple[Path, Path]:

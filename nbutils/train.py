@@ -1,13 +1,13 @@
-"""Training loops on tensors that live on the device, and defensive distillation.
+"""The training loop on tensors that live on the device, and its cache.
 
 :func:`fit` keeps the whole dataset as tensors on the model's device and draws shuffled index
 batches from a seeded generator: no DataLoader, no per-batch host-to-device copies, one device
-synchronisation per epoch. :func:`distill` trains a student on a teacher's soft labels at a
-temperature T (Papernot et al. 2016).
+synchronisation per epoch. It trains on hard labels or on soft targets at a temperature, which is
+what :func:`nbutils.defences.distill` builds on. :func:`cached_fit` keeps trained weights by their
+settings.
 """
 from __future__ import annotations
 
-import hashlib
 import inspect
 import os
 import time
@@ -20,10 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .attacks import batch_slices
-from .checks import check_images, check_labels, check_positive_int, check_positive_number, check_seed
-from .files import load_state, save_state, settings_key
-from .models import model_device, module_mode
+from .batching import batch_slices, model_device, module_mode, run_batched
+from .checks import check_model_fits, check_positive_int, check_positive_number, check_seed, checked_inputs
+from .files import load_state, save_state, settings_key, tensor_digest
 
 
 def soft_cross_entropy(logits: torch.Tensor, soft_targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -54,15 +53,15 @@ class History:
 def evaluate_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, temperature: float = 1.0,
                   batch_size: int = 1000) -> tuple[float, float]:
     """(mean cross-entropy of logits / T, accuracy) in eval mode and inference mode, batched.
-    images, labels: already on the model's device."""
-    total, correct = torch.zeros((), device=images.device), torch.zeros((), device=images.device)
+    images, labels: already checked and on the model's device. One host read at the end."""
+    def kernel(x, y):
+        logits = model(x)
+        return (F.cross_entropy(logits / temperature, y, reduction="sum")[None], (logits.argmax(1) == y).sum()[None])
+
     with module_mode(model, training=False), torch.inference_mode():
-        for s in batch_slices(images.shape[0], batch_size):
-            logits = model(images[s])
-            total += F.cross_entropy(logits / temperature, labels[s], reduction="sum")
-            correct += (logits.argmax(1) == labels[s]).sum()
+        losses, correct = run_batched(kernel, (images, labels), device=images.device, batch_size=batch_size)
     n = images.shape[0]
-    return total.item() / n, correct.item() / n
+    return losses.sum().item() / n, correct.sum().item() / n
 
 
 def _train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
@@ -101,6 +100,17 @@ def _capture_step(step, model: nn.Module, optimizer: torch.optim.Optimizer, inde
     return graph
 
 
+def _check_soft_targets(soft_targets, shape: tuple[int, int]) -> None:
+    """A finite float tensor of probabilities, (N, K)."""
+    if not isinstance(soft_targets, torch.Tensor) or not soft_targets.is_floating_point():
+        raise TypeError(f"soft_targets must be a floating-point torch.Tensor of shape {shape}")
+    if tuple(soft_targets.shape) != shape:
+        raise ValueError(f"soft_targets must have shape {shape}, got {tuple(soft_targets.shape)}")
+    if not torch.isfinite(soft_targets).all() or soft_targets.min() < 0:
+        raise ValueError("soft_targets must be finite probabilities (>= 0); a temperature of 0 or a diverged "
+                         "teacher gives NaN")
+
+
 def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, val_images: torch.Tensor,
         val_labels: torch.Tensor, *, epochs: int = 10, batch_size: int = 64, lr: float = 1e-4,
         betas: tuple[float, float] = (0.9, 0.999), temperature: float = 1.0,
@@ -117,17 +127,13 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, val_images
     with a tensor learning rate, so the scheduler still applies); the last, smaller batch runs eagerly.
     No effect on the CPU. Returns a :class:`History` with per-epoch train/validation loss and accuracy.
     """
-    check_images(images)
-    labels = check_labels(labels, images.shape[0], num_classes=getattr(model, "num_classes", None))
-    check_images(val_images, name="val_images")
-    val_labels = check_labels(val_labels, val_images.shape[0], name="val_labels")
+    images, labels = checked_inputs(model, images, labels, batch_size)
+    val_images, val_labels = checked_inputs(model, val_images, val_labels, batch_size, names=("val_images", "val_labels"))
     check_positive_int(epochs, "epochs")
-    check_positive_int(batch_size, "batch_size")
     check_seed(seed)
     check_positive_number(temperature, "temperature")
-    if soft_targets is not None and soft_targets.shape != (images.shape[0], model.num_classes):
-        raise ValueError(f"soft_targets must have shape ({images.shape[0]}, {model.num_classes}), "
-                         f"got {tuple(soft_targets.shape)}")
+    if soft_targets is not None:
+        _check_soft_targets(soft_targets, (images.shape[0], check_model_fits(model, images)))
     device = model_device(model)
     x, y = images.to(device), labels.to(device)
     vx, vy = val_images.to(device), val_labels.to(device)
@@ -198,33 +204,3 @@ def cached_fit(cache_dir: str | os.PathLike | None, model: nn.Module, images: to
     return history
 
 
-def tensor_digest(tensor: torch.Tensor) -> str:
-    """SHA-256 of a tensor's dtype, shape and bytes (hex), e.g. to key a cache by its data."""
-    array = tensor.detach().contiguous().cpu()
-    digest = hashlib.sha256(f"{array.dtype}{tuple(array.shape)}".encode())
-    digest.update(array.view(torch.uint8).numpy().tobytes() if array.numel() else b"")
-    return digest.hexdigest()
-
-
-def soft_labels(teacher: nn.Module, images: torch.Tensor, temperature: float, *, batch_size: int = 1000) -> torch.Tensor:
-    """The teacher's softmax(logits / T) for every image, (N, K), on the teacher's device (eval mode)."""
-    device = model_device(teacher)
-    teacher.eval()
-    with torch.inference_mode():
-        return torch.cat([F.softmax(teacher(images[s].to(device)) / temperature, dim=1)
-                          for s in batch_slices(images.shape[0], batch_size)])
-
-
-def distill(teacher: nn.Module, student: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-            val_images: torch.Tensor, val_labels: torch.Tensor, *, temperature: float,
-            use_soft_labels: bool = True, cache_dir: str | os.PathLike | None = None, **fit_kwargs) -> History:
-    """Defensive distillation: train ``student`` at temperature T on ``teacher``'s soft labels.
-
-    The teacher should itself have been trained at T (``fit(..., temperature=T)``). With
-    ``use_soft_labels=False`` the student learns the hard labels at T instead: the source notebook's
-    bug (it computes the soft labels and never uses them). Evaluate the student at T = 1, i.e. on
-    its plain logits. ``cache_dir``: see :func:`cached_fit`. Returns the student's :class:`History`.
-    """
-    targets = soft_labels(teacher, images, temperature) if use_soft_labels else None
-    return cached_fit(cache_dir, student, images, labels, val_images, val_labels, temperature=temperature,
-                      soft_targets=targets, **fit_kwargs)

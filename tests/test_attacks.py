@@ -1,4 +1,5 @@
-"""FGSM and its sweep: invariants, agreement with torchattacks, input validation."""
+"""The attacks of the contract (FGSM and its sweep, PGD, C&W-L2) and attacks as values: invariants,
+agreement with torchattacks and with analytic answers, determinism."""
 import math
 
 import pytest
@@ -7,8 +8,13 @@ import torch.nn.functional as F
 import torchattacks
 from hypothesis import given, settings, strategies as st
 
-from nbutils.attacks import fgsm, fgsm_sweep, input_gradient
-from conftest import linear_classifier, tiny_classifier
+from torch import nn
+
+from nbutils import attacks
+from nbutils.attacks import attack_loss, cw_l2, fgsm, fgsm_sweep, input_gradient, pgd
+from nbutils.metrics import robustness_table
+from nbutils.models import Classifier
+from conftest import linear_classifier, saturated_classifier, tiny_classifier
 
 MODEL = tiny_classifier()
 
@@ -22,7 +28,7 @@ def images_and_labels(seed, n):
 @given(seed=st.integers(0, 10_000), n=st.integers(1, 9), eps=st.floats(0, 1), targeted=st.booleans())
 def test_pixel_fgsm_stays_in_the_eps_ball_and_the_image_range(seed, n, eps, targeted):
     x, y = images_and_labels(seed, n)
-    adv = fgsm(MODEL, x, y, eps, targeted=targeted)
+    adv = fgsm(MODEL, x, y, eps=eps, targeted=targeted)
     assert adv.shape == x.shape and adv.dtype == x.dtype
     assert (adv - x).abs().max() <= eps + 1e-6
     assert adv.min() >= 0 and adv.max() <= 1
@@ -32,7 +38,7 @@ def test_pixel_fgsm_stays_in_the_eps_ball_and_the_image_range(seed, n, eps, targ
 @given(seed=st.integers(0, 10_000), eps=st.floats(0, 0.5))
 def test_normalised_fgsm_moves_each_pixel_by_eps_times_channel_std_unclamped(seed, eps):
     x, y = images_and_labels(seed, 5)
-    adv = fgsm(MODEL, x, y, eps, convention="normalised")
+    adv = fgsm(MODEL, x, y, eps=eps, convention="normalised")
     grad, _ = input_gradient(MODEL, x, y)
     expected = eps * MODEL.std[:, None, None] * grad.sign()
     torch.testing.assert_close(adv - x, expected, rtol=0, atol=1e-6)
@@ -41,14 +47,14 @@ def test_normalised_fgsm_moves_each_pixel_by_eps_times_channel_std_unclamped(see
 @pytest.mark.parametrize("convention", ["pixel", "normalised"])
 def test_eps_zero_is_the_identity(convention):
     x, y = images_and_labels(3, 6)
-    assert torch.equal(fgsm(MODEL, x, y, 0.0, convention=convention), x)
+    assert torch.equal(fgsm(MODEL, x, y, eps=0.0, convention=convention), x)
 
 
 def test_unclamped_convention_can_leave_the_image_range_and_the_pixel_one_cannot():
     x = torch.ones(4, 3, 8, 8)
     y = torch.arange(4)
-    assert fgsm(MODEL, x, y, 0.5, convention="normalised").max() > 1
-    assert fgsm(MODEL, x, y, 0.5).max() <= 1
+    assert fgsm(MODEL, x, y, eps=0.5, convention="normalised").max() > 1
+    assert fgsm(MODEL, x, y, eps=0.5).max() <= 1
 
 
 def test_targeted_steps_towards_the_target_and_untargeted_away_from_the_label():
@@ -56,11 +62,11 @@ def test_targeted_steps_towards_the_target_and_untargeted_away_from_the_label():
     x = torch.rand(16, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 0.5 + 0.25
     y = torch.randint(0, 4, (16,), generator=torch.Generator().manual_seed(1))
     loss = lambda images: F.cross_entropy(model(images), y, reduction="none")
-    assert (loss(fgsm(model, x, y, 1e-3)) > loss(x)).all()
-    assert (loss(fgsm(model, x, y, 1e-3, targeted=True)) < loss(x)).all()
+    assert (loss(fgsm(model, x, y, eps=1e-3)) > loss(x)).all()
+    assert (loss(fgsm(model, x, y, eps=1e-3, targeted=True)) < loss(x)).all()
     # without clamping the two steps are exact mirror images
-    up = fgsm(model, x, y, 0.05, convention="normalised") - x
-    down = fgsm(model, x, y, 0.05, convention="normalised", targeted=True) - x
+    up = fgsm(model, x, y, eps=0.05, convention="normalised") - x
+    down = fgsm(model, x, y, eps=0.05, convention="normalised", targeted=True) - x
     torch.testing.assert_close(up, -down)
 
 
@@ -68,7 +74,7 @@ def test_targeted_steps_towards_the_target_and_untargeted_away_from_the_label():
 def test_fgsm_equals_torchattacks(eps):
     x, y = images_and_labels(7, 20)
     reference = torchattacks.FGSM(MODEL, eps=eps)(x, y)
-    torch.testing.assert_close(fgsm(MODEL, x, y, eps, batch_size=7), reference, rtol=0, atol=1e-7)
+    torch.testing.assert_close(fgsm(MODEL, x, y, eps=eps, batch_size=7), reference, rtol=0, atol=1e-7)
 
 
 def test_targeted_fgsm_equals_torchattacks_targeted():
@@ -76,17 +82,17 @@ def test_targeted_fgsm_equals_torchattacks_targeted():
     target = (y + 1) % 10
     attack = torchattacks.FGSM(MODEL, eps=8 / 255)
     attack.set_mode_targeted_by_label(quiet=True)
-    torch.testing.assert_close(fgsm(MODEL, x, target, 8 / 255, targeted=True), attack(x, target), rtol=0, atol=1e-7)
+    torch.testing.assert_close(fgsm(MODEL, x, target, eps=8 / 255, targeted=True), attack(x, target), rtol=0, atol=1e-7)
 
 
 @pytest.mark.parametrize("convention,targeted", [("pixel", False), ("normalised", False), ("pixel", True)])
 def test_sweep_equals_fgsm_eps_by_eps(convention, targeted):
     x, y = images_and_labels(11, 13)
     epsilons = [0.0, 0.01, 0.05, 0.2]
-    result = fgsm_sweep(MODEL, x, y, epsilons, convention=convention, targeted=targeted, batch_size=4,
+    result = fgsm_sweep(MODEL, x, y, epsilons=epsilons, convention=convention, targeted=targeted, batch_size=4,
                         k=3, return_images=True)
     for i, eps in enumerate(epsilons):
-        adv = fgsm(MODEL, x, y, eps, convention=convention, targeted=targeted, batch_size=13)
+        adv = fgsm(MODEL, x, y, eps=eps, convention=convention, targeted=targeted, batch_size=13)
         torch.testing.assert_close(result.adversarials[i], adv, rtol=0, atol=0)
         with torch.inference_mode():
             top = MODEL(adv).topk(3, dim=1).indices
@@ -97,9 +103,9 @@ def test_sweep_equals_fgsm_eps_by_eps(convention, targeted):
 
 def test_sweep_errors_match_a_hand_count():
     x, y = images_and_labels(12, 10)
-    result = fgsm_sweep(MODEL, x, y, [0.0, 0.1], k=5)
+    result = fgsm_sweep(MODEL, x, y, epsilons=[0.0, 0.1], k=5)
     with torch.inference_mode():
-        clean_top1_wrong = (MODEL(x).argmax(1) != y).double().mean().item() * 100
+        clean_top1_wrong = (MODEL(x).argmax(1) != y).double().mean().item()
     assert math.isclose(result.error(1)[0].item(), clean_top1_wrong)
     rows = result.to_records()
     assert [r["eps"] for r in rows] == [0.0, 0.1] and rows[0]["n_images"] == 10
@@ -108,53 +114,132 @@ def test_sweep_errors_match_a_hand_count():
 
 def test_attacks_are_deterministic():
     x, y = images_and_labels(13, 8)
-    a = fgsm_sweep(MODEL, x, y, [0.03], return_images=True)
-    b = fgsm_sweep(MODEL, x, y, [0.03], return_images=True)
+    a = fgsm_sweep(MODEL, x, y, epsilons=[0.03], return_images=True)
+    b = fgsm_sweep(MODEL, x, y, epsilons=[0.03], return_images=True)
     assert torch.equal(a.adversarials, b.adversarials) and torch.equal(a.adv_topk, b.adv_topk)
 
 
 def test_attack_builds_no_parameter_gradients():
     x, y = images_and_labels(14, 4)
-    fgsm(MODEL, x, y, 0.1)
+    fgsm(MODEL, x, y, eps=0.1)
     assert all(p.grad is None and not p.requires_grad for p in MODEL.parameters())
+
+
+def test_pgd_equals_torchattacks_pgd_without_random_start():
+    model = tiny_classifier()
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.rand(10, 3, 8, 8, generator=g), torch.randint(0, 10, (10,), generator=g)
+    ours = pgd(model, x, y, eps=8 / 255, alpha=2 / 255, steps=7)
+    theirs = torchattacks.PGD(model, eps=8 / 255, alpha=2 / 255, steps=7, random_start=False)(x, y)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_pgd_stays_in_the_ball_and_the_image_range_and_eps_zero_is_identity(norm):
+    model = tiny_classifier()
+    x, y = torch.rand(6, 3, 8, 8), torch.randint(0, 10, (6,))
+    adv = pgd(model, x, y, eps=0.3, alpha=0.1, steps=5, norm=norm, random_start=True)
+    size = (adv - x).abs().flatten(1).amax(1) if norm == "linf" else (adv - x).flatten(1).norm(dim=1)
+    assert (size <= 0.3 + 1e-5).all() and adv.min() >= 0 and adv.max() <= 1
+    assert torch.equal(pgd(model, x, y, eps=0.0, alpha=0.1, steps=3, norm=norm), x)
+
+
+def test_pgd_with_a_random_start_is_seeded():
+    model, x, y = tiny_classifier(), torch.rand(4, 3, 8, 8), torch.randint(0, 10, (4,))
+    a = pgd(model, x, y, eps=0.1, alpha=0.01, steps=2, random_start=True, seed=1)
+    assert torch.equal(a, pgd(model, x, y, eps=0.1, alpha=0.01, steps=2, random_start=True, seed=1))
+    assert not torch.equal(a, pgd(model, x, y, eps=0.1, alpha=0.01, steps=2, random_start=True, seed=2))
+
+
+def test_margin_loss_and_temperature_see_through_a_saturated_softmax():
+    # logits scaled by 1e6 saturate float32 softmax (every other class underflows to 0): the CE
+    # gradient is exactly zero and FGSM is a no-op, as on a distilled net tested at T = 1
+    saturated = saturated_classifier()
+    x = torch.rand(6, 3, 8, 8)
+    y = saturated(x).argmax(1)
+    assert torch.equal(fgsm(saturated, x, y, eps=0.1), x)
+    assert not torch.equal(fgsm(saturated, x, y, eps=0.1, loss="margin"), x)
+    assert not torch.equal(fgsm(saturated, x, y, eps=0.1, temperature=1e6), x)
+    assert attack_loss(torch.tensor([[3.0, 1.0, 2.0]]), torch.tensor([0]), "margin").item() == -1.0
+
+
+def test_cw_l2_reaches_the_analytic_minimal_distance_of_a_linear_model():
+    # Two classes, logit difference d(x) = w.x + b: the closest point across the boundary is at
+    # distance |d(x)| / ||w||, inside [0, 1] here since the images sit mid-range.
+    torch.manual_seed(0)
+    linear = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+    model = Classifier(linear, [0.0], [1.0], name="lin", weights_id="x", class_names=["a", "b"], resize=None, crop=None)
+    x = 0.5 + 0.05 * torch.randn(5, 1, 4, 4)
+    y = model(x).argmax(1)
+    w = linear[1].weight[1] - linear[1].weight[0]
+    d = (x.flatten(1) @ w + linear[1].bias[1] - linear[1].bias[0]).abs()
+    analytic = d / w.norm()
+    adv = cw_l2(model, x, y, c=1.0, steps=300, search_steps=8, lr=0.01)
+    found = (adv - x).flatten(1).norm(dim=1)
+    assert (model(adv).argmax(1) != y).all()
+    assert torch.allclose(found, analytic.detach(), rtol=0.08, atol=2e-3)
 
 
 X, Y = images_and_labels(0, 4)
 
 
-@pytest.mark.parametrize("kwargs,error,word", [
-    ({"eps": -0.1}, ValueError, "eps"),
-    ({"eps": float("nan")}, ValueError, "eps"),
-    ({"eps": float("inf")}, ValueError, "eps"),
-    ({"eps": "0.1"}, TypeError, "eps"),
-    ({"eps": True}, TypeError, "eps"),
-    ({"eps": 1.5}, ValueError, "eps"),
-    ({"images": X * 2}, ValueError, "images"),
-    ({"images": X - 0.5}, ValueError, "images"),
-    ({"images": X[0]}, ValueError, "images"),
-    ({"images": X.clone().fill_(float("nan"))}, ValueError, "images"),
-    ({"images": (X * 255).to(torch.uint8)}, TypeError, "images"),
-    ({"images": X.numpy()}, TypeError, "images"),
-    ({"labels": Y[:3]}, ValueError, "labels"),
-    ({"labels": Y + 10}, ValueError, "labels"),
-    ({"labels": -Y - 1}, ValueError, "labels"),
-    ({"labels": Y.float()}, TypeError, "labels"),
-    ({"convention": "tutorial"}, ValueError, "convention"),
-    ({"batch_size": 0}, ValueError, "batch_size"),
-])
-def test_fgsm_rejects_bad_input_naming_the_argument(kwargs, error, word):
-    args = {"images": X, "labels": Y, "eps": 0.1, **kwargs}
-    with pytest.raises(error, match=word):
-        fgsm(MODEL, args.pop("images"), args.pop("labels"), args.pop("eps"), **args)
-
-
-@pytest.mark.parametrize("epsilons,error", [([], ValueError), ([0.1, -1], ValueError), (0.1, TypeError),
-                                            ("0.1", TypeError), ([0.1, float("nan")], ValueError)])
-def test_sweep_rejects_bad_epsilons(epsilons, error):
-    with pytest.raises(error, match="epsilons"):
-        fgsm_sweep(MODEL, X, Y, epsilons)
-
-
 def test_normalised_convention_accepts_unclamped_images_and_large_eps():
-    adv = fgsm(MODEL, X, Y, 2.0, convention="normalised")
-    assert fgsm(MODEL, adv, Y, 0.0, convention="normalised").equal(adv)
+    adv = fgsm(MODEL, X, Y, eps=2.0, convention="normalised")
+    assert fgsm(MODEL, adv, Y, eps=0.0, convention="normalised").equal(adv)
+
+
+@pytest.mark.parametrize("eps", [0.0, 2 / 255, 8 / 255])
+def test_targeted_pgd_equals_torchattacks_targeted_pgd(eps):
+    x, y = images_and_labels(21, 10)
+    target = (y + 3) % 10
+    reference = torchattacks.PGD(MODEL, eps=eps, alpha=1 / 255, steps=5, random_start=False)
+    reference.set_mode_targeted_by_label(quiet=True)
+    ours = pgd(MODEL, x, target, eps=eps, alpha=1 / 255, steps=5, targeted=True, batch_size=4)
+    torch.testing.assert_close(ours, reference(x, target), rtol=0, atol=1e-6)
+
+
+def test_targeted_cw_l2_reaches_the_target_and_unbounded_beats_a_tight_budget():
+    model = linear_classifier()
+    x = torch.rand(12, 1, 4, 4, generator=torch.Generator().manual_seed(5)) * 0.5 + 0.25
+    with torch.inference_mode():
+        target = (model(x).argmax(1) + 1) % 4
+    adv = cw_l2(model, x, target, targeted=True, steps=200, search_steps=6, lr=0.05)
+    with torch.inference_mode():
+        reached = model(adv).argmax(1) == target
+    assert reached.float().mean() > 0.9
+    distances = (adv - x).flatten(1).norm(dim=1)
+    budget = distances[reached].median().item()
+    bounded = cw_l2(model, x, target, eps=budget, targeted=True, steps=200, search_steps=6, lr=0.05)
+    kept = (bounded - x).flatten(1).norm(dim=1)
+    assert (kept <= budget + 1e-6).all()  # farther adversarials are discarded: the image comes back
+    assert ((kept == 0) | (kept <= budget)).all() and (kept == 0).any()
+    with pytest.raises(ValueError, match="cw_l2"):
+        cw_l2(model, x, target, loss="ce")
+
+
+def test_an_attack_as_a_value_runs_with_its_settings_and_has_a_readable_name():
+    x, y = images_and_labels(30, 6)
+    attack = attacks.get("pgd", eps=0.1, alpha=0.02, steps=3, random_start=True, seed=4)
+    assert attack.name == "PGD (eps=0.1, alpha=0.02, steps=3, random_start=True, seed=4)"
+    assert torch.equal(attack(MODEL, x, y), pgd(MODEL, x, y, eps=0.1, alpha=0.02, steps=3, random_start=True, seed=4))
+    assert attacks.get("fgsm", eps=0.1, name="FGSM, paper").name == "FGSM, paper"
+    assert torch.equal(attack(MODEL, x, y, eps=0.0), x)  # a keyword at call time overrides the setting
+    import pickle
+    assert pickle.loads(pickle.dumps(attack)) == attack  # travels to worker processes
+    with pytest.raises(ValueError, match="attack"):
+        attacks.get("deepfool")
+
+
+def test_robustness_table_takes_attacks_as_values_in_order():
+    x, y = images_and_labels(31, 10)
+    suite = [attacks.get("fgsm", eps=0.1), attacks.get("pgd", eps=0.1, alpha=0.05, steps=2, name="PGD-2")]
+    table = robustness_table({"tiny": MODEL}, suite, x, y, batch_size=4)
+    assert table["attack"].tolist() == ["FGSM (eps=0.1)", "PGD-2"]
+    by_hand = robustness_table({"tiny": MODEL}, {"FGSM (eps=0.1)": lambda m, a, b: fgsm(m, a, b, eps=0.1)}, x, y)
+    assert table["accuracy"].iloc[0] == by_hand["accuracy"].iloc[0]
+
+
+def test_robustness_table_names_an_attack_that_returns_nan():
+    x, y = images_and_labels(32, 4)
+    with pytest.raises(ValueError, match="broken"):
+        robustness_table({"tiny": MODEL}, {"broken": lambda m, a, b: a * float("nan")}, x, y)

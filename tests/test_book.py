@@ -1,18 +1,33 @@
-"""Every chapter runs under nbval in the smoke profile; the book builds offline without errors."""
+"""Every chapter runs under nbval in the smoke profile and reproduces its golden tables; the book
+builds offline without errors.
+
+Golden tables: ``tests/golden/<chapter>/<table>.csv`` are the tidy results of each chapter at the
+``smoke`` profile on a CPU. A re-run must reproduce them: the same tables, columns and rows; text,
+integer and boolean columns exactly (counts, predictions, class names); floating-point columns
+(rates, losses, confidences) within a relative 1e-6 (summation order may differ across batchings);
+timing columns (``seconds``) are not compared. A change that means to move a number regenerates them:
+``NBUTILS_UPDATE_GOLDEN=1 python3 -m pytest tests/test_book.py -k golden``, and says why in its commit.
+"""
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = sorted((ROOT / "book").glob("[0-9][0-9]_*.ipynb"))
+GOLDEN = ROOT / "tests" / "golden"
+UNCOMPARED = ("seconds",)
+FLOAT_RTOL, FLOAT_ATOL = 1e-6, 1e-12
 
 
-def run(args, **kwargs):
-    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "NBUTILS_PROFILE": "smoke"},
-                            **kwargs)
+def run(args, env=None, **kwargs):
+    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True,
+                            env={**os.environ, "NBUTILS_PROFILE": "smoke", **(env or {})}, **kwargs)
     assert result.returncode == 0, f"{' '.join(map(str, args))} failed:\n{result.stdout[-6000:]}\n{result.stderr[-4000:]}"
     return result
 
@@ -30,11 +45,55 @@ def test_committed_chapters_carry_no_injected_parameters(notebook):
     assert sum("parameters" in c.metadata.get("tags", []) for c in cells) == 1
 
 
+def table_differences(expected: pd.DataFrame, actual: pd.DataFrame) -> list[str]:
+    """What differs between a golden table and a re-run's, by the rules in the module docstring."""
+    if list(expected.columns) != list(actual.columns):
+        return [f"columns {list(actual.columns)} != golden {list(expected.columns)}"]
+    if len(expected) != len(actual):
+        return [f"{len(actual)} rows != golden {len(expected)}"]
+    problems = []
+    for column in expected.columns:
+        if column in UNCOMPARED:
+            continue
+        want, got = expected[column], actual[column]
+        if pd.api.types.is_float_dtype(want) or pd.api.types.is_float_dtype(got):
+            same = np.isclose(want.astype(float), got.astype(float), rtol=FLOAT_RTOL, atol=FLOAT_ATOL, equal_nan=True)
+        else:
+            same = (want.astype(str) == got.astype(str)).to_numpy()
+        if not same.all():
+            row = int(np.argmin(same))
+            problems.append(f"column {column!r}, row {row}: {got.iloc[row]!r} != golden {want.iloc[row]!r}")
+    return problems
+
+
+def test_table_comparison_catches_a_moved_number_and_ignores_timings():
+    golden = pd.DataFrame({"eps": [0.0, 0.1], "correct": [5, 3], "accuracy": [0.5, 0.3], "seconds": [1.0, 2.0]})
+    assert table_differences(golden, golden.assign(seconds=[9.0, 9.0])) == []
+    assert table_differences(golden, golden.assign(accuracy=[0.5, 0.3 + 1e-9])) == []
+    assert table_differences(golden, golden.assign(correct=[5, 4]))
+    assert table_differences(golden, golden.assign(accuracy=[0.5, 0.31]))
+    assert table_differences(golden, golden.iloc[:1])
+    assert table_differences(golden, golden.rename(columns={"correct": "right"}))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("notebook", CHAPTERS, ids=lambda p: p.stem)
-def test_chapter_runs_under_nbval_in_the_smoke_profile(notebook):
+def test_chapter_runs_under_nbval_and_reproduces_its_golden_tables(notebook, tmp_path):
+    results = tmp_path / "results"
     run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax", "--nbval-current-env",
-         str(notebook)], timeout=1200)
+         str(notebook)], env={"NBUTILS_RESULTS": str(results), "NBUTILS_CACHE": str(tmp_path / "cache")}, timeout=1200)
+    produced = results / "smoke" / notebook.stem
+    golden = GOLDEN / notebook.stem
+    if os.environ.get("NBUTILS_UPDATE_GOLDEN"):
+        shutil.rmtree(golden, ignore_errors=True)
+        golden.mkdir(parents=True)
+        for table in produced.glob("*.csv"):
+            shutil.copy(table, golden / table.name)
+    expected = sorted(p.name for p in golden.glob("*.csv"))
+    assert expected, f"no golden tables in {golden}"
+    assert sorted(p.name for p in produced.glob("*.csv")) == expected
+    problems = {name: table_differences(pd.read_csv(golden / name), pd.read_csv(produced / name)) for name in expected}
+    assert not any(problems.values()), {name: p for name, p in problems.items() if p}
 
 
 @pytest.mark.slow

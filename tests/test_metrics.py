@@ -12,7 +12,7 @@ EPS = [0.0, 0.05, 0.3]
 
 
 def adv_correct(model, x, y, eps):
-    return predict(model, fgsm(model, x, y, eps)).argmax(1) == y
+    return predict(model, fgsm(model, x, y, eps=eps)).argmax(1) == y
 
 
 def test_sound_protocol_counts_every_attacked_image_in_eval_mode():
@@ -93,12 +93,12 @@ def test_the_papers_distillation_tables_are_transcribed_with_their_contradiction
 def test_robustness_table_counts_accuracy_success_and_distances_by_hand():
     models = {"plain": tiny_classifier(), "saturated": saturated_classifier()}
     x, y = torch.rand(30, 3, 8, 8), torch.randint(0, 10, (30,))
-    attacks = {"none": lambda m, a, b: a.clone(), "fgsm": lambda m, a, b: fgsm(m, a, b, 0.2)}
+    attacks = {"none": lambda m, a, b: a.clone(), "fgsm": lambda m, a, b: fgsm(m, a, b, eps=0.2)}
     table = robustness_table(models, attacks, x, y, batch_size=7)
     assert table[["defence", "attack"]].values.tolist() == [[d, a] for d in models for a in attacks]
     for (defence, model), (_, rows) in zip(models.items(), table.groupby("defence", sort=False)):
         clean = predict(model, x).argmax(1) == y
-        adv = fgsm(model, x, y, 0.2)
+        adv = fgsm(model, x, y, eps=0.2)
         right = predict(model, adv).argmax(1) == y
         none, attacked = rows.iloc[0], rows.iloc[1]
         assert none["accuracy"] == none["clean_accuracy"] == pytest.approx(clean.double().mean().item())

@@ -91,10 +91,10 @@ def test_evaluation_skips_target_class_images_and_counts_placements():
     labels = torch.tensor([0, 1, 2, 1, 0, 2])  # two images are of the target class 1
     score = evaluate_patch(counting_model(), x, labels, torch.ones(3, 2, 2), target=1, placements=3)
     rates = score.rates()
-    assert rates == {"top1": 100.0, "top5": 100.0, "n_images": 4, "n_trials": 12}
+    assert rates == {"top1": 1.0, "top5": 1.0, "n_images": 4, "n_trials": 12}
     assert score.top1_hits.tolist() == [3] * 6
     blank = evaluate_patch(counting_model(), x, labels, torch.zeros(3, 2, 2), target=1, placements=3).rates()
-    assert blank["top1"] == 0.0 and blank["top5"] == 100.0  # class 1 is always in a 3-class top-5
+    assert blank["top1"] == 0.0 and blank["top5"] == 1.0  # class 1 is always in a 3-class top-5
     subset = score.rates(index=torch.tensor([0, 1]))  # image 1 is of the target class: not counted
     assert subset["n_images"] == 1 and subset["n_trials"] == 3
 

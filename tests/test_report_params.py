@@ -61,11 +61,6 @@ def test_write_results_writes_csv_and_json_with_provenance(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["fgsm.csv", "fgsm.json"]
 
 
-def test_results_dir_defaults_under_the_checkout_by_profile(tmp_path):
-    assert report.results_dir(None, "smoke", "01").parts[-3:] == ("results", "smoke", "01")
-    assert report.results_dir(str(tmp_path), "smoke", "01") == tmp_path
-
-
 def test_check_range_names_the_parameter():
     assert params.check_range("n_val", 10_000, 1, 59_999) == 10_000
     with pytest.raises(ValueError, match="'n_train' must lie in \\[1, 50000\\], got 50001"):

@@ -1,14 +1,13 @@
-"""MNIST nets, the tensor training loop, distillation, PGD and C&W-L2."""
+"""MNIST nets, the tensor training loop and its cache, distillation."""
 import pytest
 import torch
 import torch.nn.functional as F
-import torchattacks
 from torch import nn
 
-from nbutils.attacks import attack_loss, cw_l2, fgsm, pgd
 from nbutils.models import Classifier, mnist_model
-from nbutils.train import cached_fit, distill, fit, soft_cross_entropy, soft_labels, tensor_digest
-from conftest import saturated_classifier, tiny_classifier
+from nbutils.defences import distill, soft_labels
+from nbutils.files import tensor_digest
+from nbutils.train import cached_fit, fit, soft_cross_entropy
 
 
 def digits(n=96, seed=0):
@@ -120,70 +119,15 @@ def test_distill_uses_the_soft_labels_unless_told_to_reproduce_the_bug():
     assert not torch.equal(sound.net.classifier[-1].weight, buggy.net.classifier[-1].weight)
 
 
-def test_pgd_equals_torchattacks_pgd_without_random_start():
-    model = tiny_classifier()
-    g = torch.Generator().manual_seed(3)
-    x, y = torch.rand(10, 3, 8, 8, generator=g), torch.randint(0, 10, (10,), generator=g)
-    ours = pgd(model, x, y, 8 / 255, alpha=2 / 255, steps=7)
-    theirs = torchattacks.PGD(model, eps=8 / 255, alpha=2 / 255, steps=7, random_start=False)(x, y)
-    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
-
-
-@pytest.mark.parametrize("norm", ["linf", "l2"])
-def test_pgd_stays_in_the_ball_and_the_image_range_and_eps_zero_is_identity(norm):
-    model = tiny_classifier()
-    x, y = torch.rand(6, 3, 8, 8), torch.randint(0, 10, (6,))
-    adv = pgd(model, x, y, 0.3, alpha=0.1, steps=5, norm=norm, random_start=True)
-    size = (adv - x).abs().flatten(1).amax(1) if norm == "linf" else (adv - x).flatten(1).norm(dim=1)
-    assert (size <= 0.3 + 1e-5).all() and adv.min() >= 0 and adv.max() <= 1
-    assert torch.equal(pgd(model, x, y, 0.0, alpha=0.1, steps=3, norm=norm), x)
-
-
-def test_pgd_with_a_random_start_is_seeded():
-    model, x, y = tiny_classifier(), torch.rand(4, 3, 8, 8), torch.randint(0, 10, (4,))
-    a = pgd(model, x, y, 0.1, alpha=0.01, steps=2, random_start=True, seed=1)
-    assert torch.equal(a, pgd(model, x, y, 0.1, alpha=0.01, steps=2, random_start=True, seed=1))
-    assert not torch.equal(a, pgd(model, x, y, 0.1, alpha=0.01, steps=2, random_start=True, seed=2))
-
-
-def test_margin_loss_and_temperature_see_through_a_saturated_softmax():
-    # logits scaled by 1e6 saturate float32 softmax (every other class underflows to 0): the CE
-    # gradient is exactly zero and FGSM is a no-op, as on a distilled net tested at T = 1
-    saturated = saturated_classifier()
-    x = torch.rand(6, 3, 8, 8)
-    y = saturated(x).argmax(1)
-    assert torch.equal(fgsm(saturated, x, y, 0.1), x)
-    assert not torch.equal(fgsm(saturated, x, y, 0.1, loss="margin"), x)
-    assert not torch.equal(fgsm(saturated, x, y, 0.1, temperature=1e6), x)
-    assert attack_loss(torch.tensor([[3.0, 1.0, 2.0]]), torch.tensor([0]), "margin").item() == -1.0
-
-
-def test_cw_l2_reaches_the_analytic_minimal_distance_of_a_linear_model():
-    # Two classes, logit difference d(x) = w.x + b: the closest point across the boundary is at
-    # distance |d(x)| / ||w||, inside [0, 1] here since the images sit mid-range.
-    torch.manual_seed(0)
-    linear = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
-    model = Classifier(linear, [0.0], [1.0], name="lin", weights_id="x", class_names=["a", "b"], resize=None, crop=None)
-    x = 0.5 + 0.05 * torch.randn(5, 1, 4, 4)
-    y = model(x).argmax(1)
-    w = linear[1].weight[1] - linear[1].weight[0]
-    d = (x.flatten(1) @ w + linear[1].bias[1] - linear[1].bias[0]).abs()
-    analytic = d / w.norm()
-    adv = cw_l2(model, x, y, c=1.0, steps=300, search_steps=8, lr=0.01)
-    found = (adv - x).flatten(1).norm(dim=1)
-    assert (model(adv).argmax(1) != y).all()
-    assert torch.allclose(found, analytic.detach(), rtol=0.08, atol=2e-3)
-
-
 @pytest.mark.parametrize("call, match", [
-    (lambda m, x, y: pgd(m, x, y, -0.1, alpha=0.1, steps=1), "eps"),
-    (lambda m, x, y: pgd(m, x, y, 0.1, alpha=0.1, steps=0), "steps"),
-    (lambda m, x, y: pgd(m, x, y, 0.1, alpha=0.1, steps=1, norm="l1"), "norm"),
-    (lambda m, x, y: pgd(m, x, y, 0.1, alpha=0.1, steps=1, loss="mse"), "loss"),
-    (lambda m, x, y: fgsm(m, x, y, 0.1, temperature=0), "temperature"),
-    (lambda m, x, y: cw_l2(m, x, y, c=float("nan")), "c"),
     (lambda m, x, y: fit(m, x, y, x, y, epochs=0), "epochs"),
     (lambda m, x, y: fit(m, x, y[:3], x, y), "labels"),
+    (lambda m, x, y: fit(m, x, y, x, y + 10), "val_labels"),
+    (lambda m, x, y: fit(m, x.expand(-1, 3, -1, -1), y, x, y), "images"),
+    (lambda m, x, y: fit(m, x, y, x[:, :, :20, :20], y), "val_images"),
+    (lambda m, x, y: fit(m, x, y, x, y, temperature=0), "temperature"),
+    (lambda m, x, y: fit(m, x, y, x, y, soft_targets=torch.full((8, 10), float("nan"))), "soft_targets"),
+    (lambda m, x, y: soft_labels(m, x, 0.0), "temperature"),
 ])
 def test_bad_input_names_the_argument(call, match):
     model, (x, y) = mnist_model("student"), digits(8)

@@ -1,0 +1,95 @@
+"""The ground floor of the computation: devices, train/eval modes, and the one batch loop.
+
+:func:`run_batched` is the only "for each batch: move it to the device, run, gather" loop in the
+package. Attacks, prediction, patch scoring, the metrics and the training loop's evaluation hand it
+an unchecked per-batch kernel; their public entry points validate the arguments once, before it
+runs. The loop itself never synchronises with the device: outputs are copied back without
+blocking and the host waits once, at the end.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+
+def default_device(device: str = "auto") -> torch.device:
+    """'auto' -> cuda if available, else cpu; otherwise a device torch knows ("cpu", "cuda", "cuda:1",
+    "mps") and that this machine has. Anything else is a ValueError naming ``device``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from err
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but this machine has no CUDA GPU; use 'auto' or 'cpu'")
+    return chosen
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of a model's first parameter or buffer (cpu for a model with neither)."""
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+@contextmanager
+def module_mode(model: nn.Module, *, training: bool):
+    """Run ``model`` in train (dropout on, batch statistics) or eval mode (no dropout, running
+    BatchNorm statistics), restoring its mode afterwards."""
+    was_training = model.training
+    model.train(training)
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def batch_slices(n: int, batch_size: int) -> Iterator[slice]:
+    """Consecutive slices covering range(n) in chunks of ``batch_size``."""
+    for start in range(0, n, batch_size):
+        yield slice(start, min(start + batch_size, n))
+
+
+def split_indices(n: int, n_val: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random split of range(n) into (train, val) index tensors, val of size ``n_val``."""
+    if not 0 <= n_val < n:
+        raise ValueError(f"n_val must lie in [0, {n}), got {n_val}")
+    order = torch.randperm(n, generator=generator)
+    return order[n_val:], order[:n_val]
+
+
+Kernel = Callable[..., "torch.Tensor | tuple[torch.Tensor, ...]"]
+
+
+def run_batched(kernel: Kernel, tensors: Sequence[torch.Tensor], *, device: torch.device, batch_size: int,
+                out_device: torch.device | str | None = None, progress: bool = False,
+                desc: str | None = None) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """``kernel(*batch)`` on consecutive batches of ``tensors`` moved to ``device``, gathered along dim 0.
+
+    tensors: each (N, ...), sliced together. kernel: takes one batch of each, already on ``device``,
+    and returns a tensor (B, ...) or a tuple of them. Outputs are copied to ``out_device`` (default:
+    the first tensor's device) without blocking; the host waits for the device once, after the last
+    batch. Returns the concatenated output(s). No argument checks: callers validate first.
+    """
+    n = tensors[0].shape[0]
+    out_device = torch.device(out_device) if out_device is not None else tensors[0].device
+    parts = []
+    bar = tqdm(batch_slices(n, batch_size), total=math.ceil(n / batch_size), desc=desc, disable=not progress,
+               leave=False)
+    for s in bar:
+        out = kernel(*(t[s].to(device, non_blocking=True) for t in tensors))
+        if isinstance(out, torch.Tensor):
+            parts.append(out.to(out_device, non_blocking=True))
+        else:
+            parts.append(tuple(o.to(out_device, non_blocking=True) for o in out))
+    if device.type == "cuda" and out_device.type != "cuda":
+        torch.cuda.synchronize(device)  # the non-blocking copies back have landed
+    if isinstance(parts[0], torch.Tensor):
+        return torch.cat(parts)
+    return tuple(torch.cat(column) for column in zip(*parts))

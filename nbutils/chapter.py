@@ -1,0 +1,123 @@
+"""The run helper every chapter calls once, at the top, after its ``parameters`` cell.
+
+    run = chapter.start("03_defensive_distillation", PROFILES, globals(), cache="models")
+    cfg = run.cfg
+
+:func:`start` settles the parameters (each read once from the notebook's namespace, where the
+``parameters`` cell and papermill put them; None takes the profile's value), picks the device,
+seeds torch, makes the results and cache folders and starts the clock of the provenance record.
+
+Where a run writes, unless its parameters say otherwise:
+
+* results: ``$NBUTILS_RESULTS/<profile>/<chapter>/`` when that variable is set (the committed runs set
+  it to the checkout's ``results/``), else ``<checkout>/runs/results/<profile>/<chapter>/``, so a
+  re-run never touches committed files;
+* caches (trained nets, patches): ``$NBUTILS_CACHE/<kind>/`` when set, else ``<checkout>/runs/<kind>/``.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Mapping
+
+import pandas as pd
+import torch
+
+from . import params, report
+from .batching import default_device
+from .data import add_data_root
+from .files import project_root
+
+RESULTS_ENV = "NBUTILS_RESULTS"
+CACHE_ENV = "NBUTILS_CACHE"
+
+
+def runs_root() -> Path:
+    """``runs/`` of the checkout (git-ignored), or ``./runs`` when the package is installed without one."""
+    return (project_root() or Path.cwd()) / "runs"
+
+
+def display_path(path: Path) -> str:
+    """``path`` relative to the checkout when inside it (provenance names no machine's folders)."""
+    root = project_root()
+    path = Path(path).resolve()
+    return str(path.relative_to(root)) if root is not None and path.is_relative_to(root) else str(path)
+
+
+def default_results_dir(profile: str, chapter: str) -> Path:
+    """``$NBUTILS_RESULTS/<profile>/<chapter>``, else ``runs/results/<profile>/<chapter>``."""
+    base = os.environ.get(RESULTS_ENV)
+    return (Path(base) if base else runs_root() / "results") / profile / chapter
+
+
+def default_cache_dir(kind: str) -> Path:
+    """``$NBUTILS_CACHE/<kind>``, else ``runs/<kind>``."""
+    base = os.environ.get(CACHE_ENV)
+    return (Path(base) if base else runs_root()) / kind
+
+
+@dataclass
+class ChapterRun:
+    """One execution of a chapter: its settled parameters ``cfg``, ``device``, ``results`` and ``cache``
+    folders and start time. :meth:`save` writes its tables with one provenance record."""
+
+    chapter: str
+    cfg: SimpleNamespace
+    device: torch.device
+    results: Path
+    cache: Path | None
+    started: float
+
+    def provenance(self, **details) -> dict:
+        """The provenance record of this run so far: versions, device, seed, profile, wall time, the
+        parameters and ``details`` (models and weights, data and counts)."""
+        paths = {"results": display_path(self.results)}
+        if self.cache is not None:
+            paths["cache"] = display_path(self.cache)
+        return report.provenance(seed=self.cfg.seed, device=self.device, profile=self.cfg.profile,
+                                 started=self.started, chapter=self.chapter, **details, folders=paths,
+                                 parameters=vars(self.cfg))
+
+    def save(self, tables: Mapping[str, pd.DataFrame], **details) -> dict:
+        """Write every table as ``<results>/<name>.csv`` and ``.json`` with one provenance record, print
+        the record and return it."""
+        record = self.provenance(**details)
+        for name, table in tables.items():
+            report.write_results(table, name, self.results, record)
+        print(f"{len(tables)} tables in {display_path(self.results)}")
+        report.print_provenance(record)
+        return record
+
+    def figure_path(self, name: str) -> Path:
+        """Where a figure of this run goes: ``<results>/<name>``."""
+        return self.results / name
+
+
+def start(chapter: str, profiles: Mapping[str, dict], namespace: Mapping, *, cache: str | None = None) -> ChapterRun:
+    """Settle a chapter's parameters and prepare its run.
+
+    chapter: the notebook's stem; profiles: {profile: {parameter: default}}; namespace: the
+    notebook's ``globals()``, holding ``profile`` and every parameter of the profiles (None: the
+    profile's value). Parameters ``device``, ``seed``, ``data_dir``, ``results_dir`` and (with
+    ``cache``, the cache's kind, e.g. "models") ``cache_dir`` are acted on here. A bad value stops
+    the run with an error naming the parameter (see :func:`nbutils.params.settle`).
+    """
+    profile = namespace.get("profile")
+    cfg = params.settle(profiles, profile, **{name: namespace.get(name) for name in profiles[profile]})
+    if getattr(cfg, "data_dir", ""):
+        add_data_root(cfg.data_dir)
+    torch.manual_seed(cfg.seed)
+    device = default_device(cfg.device)
+    results = Path(cfg.results_dir) if getattr(cfg, "results_dir", "") else default_results_dir(profile, chapter)
+    results.mkdir(parents=True, exist_ok=True)
+    cache_dir = None
+    if cache is not None:
+        cache_dir = Path(cfg.cache_dir) if getattr(cfg, "cache_dir", "") else default_cache_dir(cache)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    run = ChapterRun(chapter, cfg, device, results, cache_dir, time.time())
+    print(f"{chapter}, profile {profile}: device {device} ({report.device_name(device)}); "
+          f"results -> {display_path(results)}" + (f"; cache -> {display_path(cache_dir)}" if cache_dir else ""))
+    return run
