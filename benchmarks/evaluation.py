@@ -20,7 +20,7 @@ from nbutils.metrics import predict
 from nbutils.models import imagenet_model
 from nbutils.patch import evaluate_patch
 from nbutils.report import device_name
-from timing import best_time
+from timing import best_times_interleaved
 
 
 def forward_floor(model, images, batch_size, passes=1):
@@ -38,7 +38,7 @@ def main():
     parser.add_argument("--n-images", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
     device = default_device(args.device)
@@ -57,11 +57,10 @@ def main():
     print(f"model {model.label} ({model.weights_id}), {n} images on {device}, batch {bs}")
     for name, ours, passes in (("predict", lambda: predict(model, images, batch_size=bs), 1),
                                ("evaluate_patch", lambda: evaluate_patch(model, images, labels, patch, 859, batch_size=bs), 4)):
-        floor_s, _ = best_time(lambda: forward_floor(model, images, bs, passes), device, args.repeats)
-        ours_s, _ = best_time(ours, device, args.repeats)
-        print(f"{name:>15}: ours {passes * n / ours_s:8.1f} images/s   floor {passes * n / floor_s:8.1f} images/s   "
-              f"speed ours/floor: {floor_s / ours_s:.3f}")
-
+        best = best_times_interleaved({"floor": lambda: forward_floor(model, images, bs, passes), "ours": ours}, device,
+                                      args.repeats)
+        print(f"{name:>15}: ours {passes * n / best['ours']:8.1f} images/s   floor {passes * n / best['floor']:8.1f} images/s   "
+              f"speed ours/floor: {best['floor'] / best['ours']:.3f}")
 
 if __name__ == "__main__":
     main()

@@ -24,3 +24,19 @@ def best_time(fn, device: torch.device, repeats: int = 1, *, warmup: bool = True
         synchronize(device)
         best = min(best, time.perf_counter() - start)
     return best, result
+
+
+def best_times_interleaved(functions: dict, device: torch.device, repeats: int = 3) -> dict:
+    """{name: best wall time in seconds} over ``repeats`` rounds that call every function once in turn
+    (after one untimed warm-up round), so that drifts of a shared machine hit every side alike."""
+    for fn in functions.values():
+        fn()
+    best = {name: float("inf") for name in functions}
+    for _ in range(repeats):
+        for name, fn in functions.items():
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
