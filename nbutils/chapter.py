@@ -62,7 +62,9 @@ def default_cache_dir(kind: str) -> Path:
 @dataclass
 class ChapterRun:
     """One execution of a chapter: its settled parameters ``cfg``, ``device``, ``results`` and ``cache``
-    folders and start time. :meth:`save` writes its tables with one provenance record."""
+    folders, start time and the code's ``commit`` as it was at the start (a run that writes into a
+    tracked folder must not read its own outputs as a modified tree). :meth:`save` writes its tables
+    with one provenance record."""
 
     chapter: str
     cfg: SimpleNamespace
@@ -70,6 +72,7 @@ class ChapterRun:
     results: Path
     cache: Path | None
     started: float
+    commit: str | None
 
     def provenance(self, **details) -> dict:
         """The provenance record of this run so far: versions, device, seed, profile, wall time, the
@@ -78,7 +81,7 @@ class ChapterRun:
         if self.cache is not None:
             paths["cache"] = display_path(self.cache)
         return report.provenance(seed=self.cfg.seed, device=self.device, profile=self.cfg.profile,
-                                 started=self.started, chapter=self.chapter, **details, folders=paths,
+                                 started=self.started, commit=self.commit, chapter=self.chapter, **details, folders=paths,
                                  parameters=vars(self.cfg))
 
     def save(self, tables: Mapping[str, pd.DataFrame], **details) -> dict:
@@ -90,10 +93,6 @@ class ChapterRun:
         print(f"{len(tables)} tables in {display_path(self.results)}")
         report.print_provenance(record)
         return record
-
-    def figure_path(self, name: str) -> Path:
-        """Where a figure of this run goes: ``<results>/<name>``."""
-        return self.results / name
 
 
 def start(chapter: str, profiles: Mapping[str, dict], namespace: Mapping, *, cache: str | None = None) -> ChapterRun:
@@ -117,7 +116,7 @@ def start(chapter: str, profiles: Mapping[str, dict], namespace: Mapping, *, cac
     if cache is not None:
         cache_dir = Path(cfg.cache_dir) if getattr(cfg, "cache_dir", "") else default_cache_dir(cache)
         cache_dir.mkdir(parents=True, exist_ok=True)
-    run = ChapterRun(chapter, cfg, device, results, cache_dir, time.time())
+    run = ChapterRun(chapter, cfg, device, results, cache_dir, time.time(), report.git_commit())
     print(f"{chapter}, profile {profile}: device {device} ({report.device_name(device)}); "
           f"results -> {display_path(results)}" + (f"; cache -> {display_path(cache_dir)}" if cache_dir else ""))
     return run

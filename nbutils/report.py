@@ -58,12 +58,15 @@ def device_name(device: torch.device | str) -> str:
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
-def provenance(*, seed: int, device: torch.device | str, profile: str, started: float, **details) -> dict:
-    """What produced a result: versions, device, seed, profile, wall time since ``started``, and
-    ``details`` (model and weights ids, dataset and count, parameters)."""
+def provenance(*, seed: int, device: torch.device | str, profile: str, started: float, commit: str | None = None,
+               **details) -> dict:
+    """What produced a result: versions, device, seed, profile, wall time since ``started``, the
+    code's commit (``commit``, read when the run started, before it wrote anything; else read now)
+    and ``details`` (model and weights ids, dataset and count, parameters)."""
     return {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "profile": profile, "seed": seed,
             "device": str(device), "device_name": device_name(device), "wall_time_s": round(time.time() - started, 1),
-            "git_commit": git_commit(), "platform": platform.platform(), "versions": package_versions(), **details}
+            "git_commit": commit or git_commit(), "platform": platform.platform(), "versions": package_versions(),
+            **details}
 
 
 def write_results(table: pd.DataFrame, name: str, folder: Path, provenance: dict) -> tuple[Path, Path]:

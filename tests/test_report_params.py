@@ -1,10 +1,15 @@
 """Results with provenance, paper-vs-run tables, chapter parameter checks."""
 import json
+import shutil
+import subprocess
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from nbutils import params, report
+from nbutils import chapter, params, report
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PROFILES = {"paper": {"models": ["resnet101"], "epsilons": [0.01, 0.02], "batch_size": 32, "seed": 0,
                       "device": "auto", "download_weights": False},
@@ -65,3 +70,47 @@ def test_check_range_names_the_parameter():
     assert params.check_range("n_val", 10_000, 1, 59_999) == 10_000
     with pytest.raises(ValueError, match="'n_train' must lie in \\[1, 50000\\], got 50001"):
         params.check_range("n_train", 50_001, 1, 50_000)
+
+
+PROFILES_99 = {"smoke": {"seed": 3, "device": "cpu", "results_dir": "", "cache_dir": "", "epsilons": [0.1]}}
+
+
+def test_chapter_start_settles_each_parameter_once_and_rejects_bad_ones():
+    namespace = {"profile": "smoke", "seed": None, "device": None, "results_dir": None, "cache_dir": None,
+                 "epsilons": [0.5], "unrelated": object()}
+    run = chapter.start("99_settle", PROFILES_99, {**namespace, "results_dir": "/tmp/nbutils-99"})
+    assert run.cfg.seed == 3 and run.cfg.epsilons == [0.5] and run.device.type == "cpu" and run.cache is None
+    assert run.results == Path("/tmp/nbutils-99")
+    with pytest.raises(TypeError, match="seed"):
+        chapter.start("99_settle", PROFILES_99, {**namespace, "seed": "1"})
+    with pytest.raises(ValueError, match="device 'gpu'"):
+        chapter.start("99_settle", PROFILES_99, {**namespace, "device": "gpu"})
+
+
+def test_a_rerun_writes_results_and_caches_outside_tracked_files_unless_told(monkeypatch, tmp_path):
+    monkeypatch.delenv(chapter.RESULTS_ENV, raising=False)
+    monkeypatch.delenv(chapter.CACHE_ENV, raising=False)
+    namespace = {"profile": "smoke", "seed": None, "device": None, "results_dir": None, "cache_dir": None, "epsilons": None}
+    run = chapter.start("99_rerun", PROFILES_99, namespace, cache="models")
+    try:
+        for folder in (run.results, run.cache):
+            assert folder.is_relative_to(ROOT / "runs")
+            probe = folder / "probe.csv"
+            probe.write_text("x\n")
+            ignored = subprocess.run(["git", "check-ignore", "-q", str(probe)], cwd=ROOT).returncode == 0
+            tracked = subprocess.run(["git", "ls-files", "--error-unmatch", str(probe)], cwd=ROOT,
+                                     capture_output=True).returncode == 0
+            probe.unlink()
+            assert ignored and not tracked
+    finally:
+        shutil.rmtree(run.results, ignore_errors=True)
+    monkeypatch.setenv(chapter.RESULTS_ENV, str(tmp_path))  # the committed runs' explicit choice
+    assert chapter.start("99_rerun", PROFILES_99, namespace).results == tmp_path / "smoke" / "99_rerun"
+
+
+def test_provenance_keeps_the_commit_read_at_the_start():
+    run = chapter.start("99_commit", PROFILES_99, {"profile": "smoke", "results_dir": "/tmp/nbutils-99"})
+    run.commit = "abc123"  # as read when the run started, before it wrote anything
+    record = run.provenance(models={"m": 1})
+    assert record["git_commit"] == "abc123" and record["chapter"] == "99_commit" and record["seed"] == 3
+    assert record["parameters"]["epsilons"] == [0.1] and record["folders"]["results"] == "/tmp/nbutils-99"
