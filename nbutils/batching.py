@@ -1,4 +1,5 @@
-"""The ground floor of the computation: devices, train/eval modes, and the one batch loop.
+"""The ground floor of the computation: devices, train/eval modes, index batches and splits,
+progress bars, and the one batch loop.
 
 :func:`run_batched` is the only "for each batch: move it to the device, run, gather" loop in the
 package. Attacks, prediction, patch scoring, the metrics and the training loop's evaluation hand it
@@ -9,12 +10,13 @@ blocking and the host waits once, at the end.
 from __future__ import annotations
 
 import math
+import sys
 from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 
 def default_device(device: str = "auto") -> torch.device:
@@ -64,6 +66,14 @@ def split_indices(n: int, n_val: int, generator: torch.Generator) -> tuple[torch
     return order[n_val:], order[:n_val]
 
 
+def progress_bar(iterable: Iterable, *, desc: str | None = None, total: int | None = None, enabled: bool = True,
+                 leave: bool = True) -> tqdm:
+    """A text progress bar on stderr: it shows in a terminal, in a notebook and in papermill's log
+    alike (a widget bar would not reach the log), updated at most every 2 s to keep notebooks small."""
+    return tqdm(iterable, desc=desc, total=total, disable=not enabled, leave=leave, file=sys.stderr, mininterval=2.0,
+                dynamic_ncols=False, ncols=100)
+
+
 Kernel = Callable[..., "torch.Tensor | tuple[torch.Tensor, ...]"]
 
 
@@ -80,8 +90,8 @@ def run_batched(kernel: Kernel, tensors: Sequence[torch.Tensor], *, device: torc
     n = tensors[0].shape[0]
     out_device = torch.device(out_device) if out_device is not None else tensors[0].device
     parts = []
-    bar = tqdm(batch_slices(n, batch_size), total=math.ceil(n / batch_size), desc=desc, disable=not progress,
-               leave=False)
+    bar = progress_bar(batch_slices(n, batch_size), total=math.ceil(n / batch_size), desc=desc, enabled=progress,
+                       leave=False)
     for s in bar:
         out = kernel(*(t[s].to(device, non_blocking=True) for t in tensors))
         if isinstance(out, torch.Tensor):

@@ -95,14 +95,16 @@ class ChapterRun:
         return record
 
 
-def start(chapter: str, profiles: Mapping[str, dict], namespace: Mapping, *, cache: str | None = None) -> ChapterRun:
+def start(chapter: str, profiles: Mapping[str, dict], namespace: Mapping, *, cache: str | None = None,
+          expected: Mapping[tuple[str, str], str] | None = None) -> ChapterRun:
     """Settle a chapter's parameters and prepare its run.
 
     chapter: the notebook's stem; profiles: {profile: {parameter: default}}; namespace: the
     notebook's ``globals()``, holding ``profile`` and every parameter of the profiles (None: the
     profile's value). Parameters ``device``, ``seed``, ``data_dir``, ``results_dir`` and (with
     ``cache``, the cache's kind, e.g. "models") ``cache_dir`` are acted on here. A bad value stops
-    the run with an error naming the parameter (see :func:`nbutils.params.settle`).
+    the run with an error naming the parameter (see :func:`nbutils.params.settle`). expected: the
+    measured run time by (profile, device type), printed before the work starts.
     """
     profile = namespace.get("profile")
     cfg = params.settle(profiles, profile, **{name: namespace.get(name) for name in profiles[profile]})
@@ -119,4 +121,6 @@ def start(chapter: str, profiles: Mapping[str, dict], namespace: Mapping, *, cac
     run = ChapterRun(chapter, cfg, device, results, cache_dir, time.time(), report.git_commit())
     print(f"{chapter}, profile {profile}: device {device} ({report.device_name(device)}); "
           f"results -> {display_path(results)}" + (f"; cache -> {display_path(cache_dir)}" if cache_dir else ""))
+    print(f"expected run time ({profile} on {device.type}): "
+          + (expected or {}).get((profile, device.type), "not measured for this profile and device"))
     return run

@@ -13,6 +13,8 @@ import json
 import os
 import shutil
 import tempfile
+import http.client
+import urllib.error
 import urllib.request
 import zipfile
 from dataclasses import dataclass, field, replace
@@ -29,6 +31,7 @@ from .checks import check_choice
 from .files import atomic_path, project_root, sha256_file
 
 ENV_VAR = "NBUTILS_DATA"
+IMAGENET_SAMPLE_URL = "https://github.com/EliSchwartz/imagenet-sample-images/archive/refs/heads/master.zip"
 TINY_IMAGENET_URL = "https://raw.githubusercontent.com/phlippe/saved_models/main/tutorial10/TinyImageNet.zip"
 
 
@@ -120,33 +123,79 @@ def verify_checksums(sums_file: Path, base: Path, prefix: str = "") -> bool:
     return _verified(sums_file, base, prefix, sums_file.stat().st_mtime)
 
 
-def download_file(url: str, dest: Path, *, sha256: str | None = None, timeout: float = 60.0) -> str:
-    """Download ``url`` to ``dest`` atomically and return the file's SHA-256.
+class DownloadError(ConnectionError):
+    """A download that could not be made or was cut short; the message says what to do."""
 
-    The bytes go to a temporary file beside ``dest`` and are renamed into place only when complete
-    and, if ``sha256`` is given, matching it; a mismatch raises ValueError and leaves no file.
+
+def download_file(url: str, dest: Path, *, sha256: str | None = None, timeout: float = 60.0) -> str:
+    """Download ``url`` to ``dest`` and return the file's SHA-256; resumable.
+
+    Bytes land in ``<dest>.part``. A transfer cut short keeps them and raises :class:`DownloadError`;
+    the next call asks the server for the rest (an HTTP Range request) and starts over when the
+    server does not serve ranges. The length the server announced is checked; the file is renamed
+    onto ``dest`` only when complete and, when ``sha256`` is given, matching it (a mismatch removes
+    the partial file and raises ValueError). A machine without internet, or an HTTP error, raises
+    :class:`DownloadError` naming the URL.
     """
-    digest = hashlib.sha256()
-    with atomic_path(dest, suffix=".part") as tmp:
-        with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-            while block := response.read(1 << 20):
-                digest.update(block)
-                out.write(block)
-        actual = digest.hexdigest()
-        if sha256 is not None and actual != sha256.lower():
-            raise ValueError(f"checksum mismatch downloading {url}: expected sha256 {sha256}, got {actual}")
+    dest = Path(dest)
+    part = dest.with_name(dest.name + ".part")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    offset = part.stat().st_size if part.is_file() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and offset:  # the partial file is no prefix the server knows: start over
+            part.unlink()
+            return download_file(url, dest, sha256=sha256, timeout=timeout)
+        raise DownloadError(f"downloading {url} failed: HTTP {err.code} {err.reason}") from err
+    except (urllib.error.URLError, TimeoutError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise DownloadError(f"cannot reach {url} ({reason}): this machine seems to have no internet access. "
+                            "Use an offline copy instead (NBUTILS_DATA, see the README), or download on a "
+                            "machine with internet.") from err
+    with response:
+        resumed = bool(offset) and response.status == 206
+        offset = offset if resumed else 0
+        announced = response.headers.get("Content-Length")
+        expected = offset + int(announced) if announced is not None else None
+        try:
+            with open(part, "ab" if resumed else "wb") as out:
+                while block := response.read(1 << 20):
+                    out.write(block)
+        except (http.client.IncompleteRead, OSError) as err:
+            raise DownloadError(f"the download of {url} was cut short after {part.stat().st_size} bytes; "
+                                "run the same command again to resume it") from err
+    size = part.stat().st_size
+    if expected is not None and size != expected:
+        raise DownloadError(f"the download of {url} was cut short: {size} of {expected} bytes; "
+                            "run the same command again to resume it")
+    actual = sha256_file(part)
+    if sha256 is not None and actual != sha256.lower():
+        part.unlink()
+        raise ValueError(f"checksum mismatch downloading {url}: expected sha256 {sha256}, got {actual}")
+    os.chmod(part, 0o644)
+    os.replace(part, dest)
     return actual
 
 
-def extract_zip(archive: Path, dest_dir: Path) -> None:
-    """Unpack ``archive`` into ``dest_dir`` through a temporary folder renamed into place per entry."""
+def extract_zip(archive: Path, dest_dir: Path, *, rename: dict[str, str] | None = None) -> None:
+    """Unpack ``archive`` into ``dest_dir``: tested for integrity first, extracted into a temporary
+    folder, then each top-level entry renamed into place (``rename`` maps an entry's name in the
+    archive to its name in ``dest_dir``)."""
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest_dir, prefix=".unzip-") as tmp:
-        with zipfile.ZipFile(archive) as zf:
-            zf.extractall(tmp)
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                broken = zf.testzip()
+                if broken is not None:
+                    raise ValueError(f"{archive} is corrupt (entry {broken!r} fails its CRC); delete it and download again")
+                zf.extractall(tmp)
+        except zipfile.BadZipFile as err:
+            raise ValueError(f"{archive} is not a valid zip archive ({err}); delete it and download again") from err
         for entry in Path(tmp).iterdir():
-            target = dest_dir / entry.name
+            target = dest_dir / (rename or {}).get(entry.name, entry.name)
             if target.exists():
                 shutil.rmtree(target) if target.is_dir() else target.unlink()
             os.replace(entry, target)
@@ -161,7 +210,8 @@ class DatasetSpec:
 
     folder: its folder under a data root. sums: (checksum file relative to the root, path prefix
     of its entries, folder the entries are relative to: "root" or "folder"), or None.
-    url/sha256: a zip archive to fetch (sha256 None when unknown: the digest is then recorded).
+    url/sha256: a zip archive to fetch (sha256 None when unknown: the digest is then recorded);
+    archive_folder: the archive's top folder, renamed to ``folder`` when it is named otherwise.
     fetch: a callable taking the download root, used instead of ``url`` (torchvision's MNIST).
     validate: a callable raising ValueError when a found folder has the wrong structure.
     """
@@ -171,6 +221,7 @@ class DatasetSpec:
     sums: tuple[str, str, str] | None = None
     url: str | None = None
     sha256: str | None = None
+    archive_folder: str | None = None
     fetch: Callable[[Path], None] | None = None
     validate: Callable[[Path], None] | None = None
     how_to_get: str = ""
@@ -201,6 +252,14 @@ def _validate_tiny_imagenet(folder: Path) -> None:
         raise ValueError(f"{labels_file} must list 1000 class names")
 
 
+def _validate_imagenet_sample(folder: Path) -> None:
+    images = list(folder.glob("*.JPEG"))
+    wnids = {p.name.split("_", 1)[0] for p in images}
+    if len(images) != 1000 or len(wnids) != 1000:
+        raise ValueError(f"{folder} must hold 1000 images <wnid>_<name>.JPEG of 1000 distinct classes, found "
+                         f"{len(images)} images of {len(wnids)} classes")
+
+
 DATASETS: dict[str, DatasetSpec] = {
     "mnist": DatasetSpec(
         "mnist", "MNIST", sums=("SHA256SUMS", "MNIST/", "root"), fetch=_torchvision_fetch("MNIST"),
@@ -211,6 +270,7 @@ DATASETS: dict[str, DatasetSpec] = {
         how_to_get="the four uncompressed idx files in FashionMNIST/raw/"),
     "imagenet-sample": DatasetSpec(
         "imagenet-sample", "imagenet-sample", sums=("imagenet-sample.SHA256SUMS", "", "folder"),
+        url=IMAGENET_SAMPLE_URL, archive_folder="imagenet-sample-images-master", validate=_validate_imagenet_sample,
         how_to_get="1000 images named <wnid>_<name>.JPEG, one per ImageNet class "
                    "(github.com/EliSchwartz/imagenet-sample-images, short side resized to 256)"),
     "tiny-imagenet": DatasetSpec(
@@ -261,11 +321,16 @@ def resolve(dataset: str | DatasetSpec, *, download: bool = False, download_root
     root = Path(download_root) if download_root is not None else project_data_dir()
     digest = None
     if spec.fetch is not None:
-        spec.fetch(root)
+        try:
+            spec.fetch(root)
+        except (OSError, RuntimeError) as err:
+            raise DownloadError(f"could not download {spec.name!r} ({str(err).splitlines()[0]}); without internet, "
+                                f"put {spec.how_to_get} in <root>/{spec.folder}/ under a data root, "
+                                f"or point {ENV_VAR} at an offline copy") from err
     else:
         archive = root / f"{spec.folder}.zip"
         digest = download_file(spec.url, archive, sha256=spec.sha256)
-        extract_zip(archive, root)
+        extract_zip(archive, root, rename={spec.archive_folder: spec.folder} if spec.archive_folder else None)
         archive.unlink()
     found = _check_found(spec, root)
     return Resolved(found.path, found.checksums_verified or spec.sha256 is not None, digest)
@@ -406,3 +471,38 @@ def _imagenet_kept(name: str, n_images: int, resize: int | None, crop: int | Non
 def add_data_root(path: str | os.PathLike) -> None:
     """Search ``path`` before the other data roots (prepends it to ``NBUTILS_DATA``)."""
     os.environ[ENV_VAR] = os.pathsep.join(p for p in (str(path), os.environ.get(ENV_VAR, "")) if p)
+
+
+# ---------------------------------------------------------------------------------------------
+# The fetch command
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python3 -m nbutils.data [NAME ...] [--root DIR]``: find or download the book's datasets."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="python3 -m nbutils.data",
+        description="Find each dataset under the data roots (NBUTILS_DATA, then data/), or download it, "
+                    "checksummed and resumable, into data/ (or --root). Needs the internet for what is missing.")
+    parser.add_argument("names", nargs="*", default=["all"], metavar="NAME",
+                        help=f"datasets to get: {', '.join(DATASETS)}, or all (default)")
+    parser.add_argument("--root", help="download into this folder instead of the checkout's data/")
+    args = parser.parse_args(argv)
+    names = list(DATASETS) if "all" in args.names else args.names
+    failures = 0
+    for name in names:
+        try:
+            found = resolve(name, download=True, download_root=Path(args.root) if args.root else None)
+        except (ConnectionError, ValueError, FileNotFoundError) as err:
+            print(f"{name}: FAILED: {err}", file=sys.stderr)
+            failures += 1
+            continue
+        check = ("checksums verified" if found.checksums_verified else
+                 f"downloaded, sha256 {found.downloaded_sha256}" if found.downloaded_sha256 else "no checksum file")
+        print(f"{name}: {found.path} ({check})")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

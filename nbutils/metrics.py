@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .attacks import fgsm_sweep, input_gradient
-from .batching import model_device, module_mode, run_batched
+from .batching import model_device, module_mode, progress_bar, run_batched
 from .checks import (check_choice, check_epsilons, check_images, check_labels, check_model_fits, check_positive_int,
                      check_positive_number, check_seed, checked_inputs)
 
@@ -153,7 +153,8 @@ def gradient_masking(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
 
 
 def robustness_table(models: Mapping[str, nn.Module], attacks: Mapping[str, Callable] | Sequence[Callable],
-                     images: torch.Tensor, labels: torch.Tensor, *, batch_size: int = 1000) -> pd.DataFrame:
+                     images: torch.Tensor, labels: torch.Tensor, *, batch_size: int = 1000,
+                     progress: bool = False) -> pd.DataFrame:
     """Accuracy of every model under every attack: one tidy row per (defence, attack).
 
     models: {defence name: model}, each evaluated in eval mode. attacks: :class:`nbutils.attacks.Attack`
@@ -162,7 +163,7 @@ def robustness_table(models: Mapping[str, nn.Module], attacks: Mapping[str, Call
     Columns: defence, attack, accuracy (fraction classified correctly after the attack),
     clean_accuracy, n_images, success (fraction of clean-correct images the attack turned wrong),
     median_linf and median_l2 (size of those successful perturbations; NaN when none), seconds
-    (wall time of the attack).
+    (wall time of the attack). progress: a bar over the attacks of each model.
     """
     if not isinstance(attacks, Mapping):
         attacks = {getattr(attack, "name", None) or getattr(attack, "__name__", repr(attack)): attack
@@ -175,7 +176,8 @@ def robustness_table(models: Mapping[str, nn.Module], attacks: Mapping[str, Call
         images, labels = checked_inputs(model, images, labels, batch_size)
         with module_mode(model, training=False):
             clean_right = _predict(model, images, batch_size=batch_size).argmax(1) == labels
-            for attack, run in attacks.items():
+            for attack, run in progress_bar(attacks.items(), desc=f"attacks on {defence}", total=len(attacks),
+                                            enabled=progress):
                 start = time.perf_counter()
                 adversarial = run(model, images, labels)
                 seconds = time.perf_counter() - start

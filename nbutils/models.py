@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.error
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -137,9 +138,15 @@ def _torchvision_state_dict(weights, download: bool) -> dict:
                 f"pretrained weights {weights} are not on this machine: expected file {path} "
                 f"(TORCH_HOME={os.environ.get('TORCH_HOME', '<unset>')}, hub dir {torch.hub.get_dir()}). "
                 f"Download {weights.url} into {path.parent}, or call with download=True on a machine with "
-                f"internet (the notebooks' download_weights parameter). Offline, use the stand-in "
-                f"{STANDIN_NAME!r} and label it as such.")
-        return torch.hub.load_state_dict_from_url(weights.url, check_hash=True, map_location="cpu", weights_only=True)
+                f"internet (the chapters' `download` parameter: -p download True). Offline, use the stand-in "
+                f"{STANDIN_NAME!r} and label it as such (the chapters' `offline` profile).")
+        try:
+            return torch.hub.load_state_dict_from_url(weights.url, check_hash=True, map_location="cpu", weights_only=True)
+        except (urllib.error.URLError, OSError) as err:
+            raise ConnectionError(
+                f"cannot download {weights.url} ({getattr(err, 'reason', err)}): this machine seems to have no internet "
+                f"access. Put the file at {path} (TORCH_HOME={os.environ.get('TORCH_HOME', '<unset>')}) from a machine "
+                f"that has, or run the chapter's `offline` profile with the stand-in {STANDIN_NAME!r}.") from err
     _check_hash_prefix(path)
     return torch.load(path, map_location="cpu", weights_only=True)
 

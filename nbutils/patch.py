@@ -28,9 +28,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from .batching import model_device, module_mode, run_batched, split_indices
+from .batching import model_device, module_mode, progress_bar, run_batched, split_indices
 from .checks import check_flag, check_images, check_positive_int, check_seed, checked_inputs
 from .files import load_state, save_state, settings_key
 
@@ -225,7 +224,7 @@ def train_patch(model: nn.Module, images: torch.Tensor, target: int, size: int, 
     parameter = torch.zeros(images.shape[1], size, size, device=device, requires_grad=True)
     optimizer = torch.optim.SGD([parameter], lr=lr, momentum=momentum)
     losses, rates = [], []
-    bar = tqdm(range(epochs), desc=f"patch target {target}, {size}px", disable=not progress)
+    bar = progress_bar(range(epochs), desc=f"patch target {target}, {size}px", enabled=progress)
     with module_mode(model, training=False):
         for _ in bar:
             order = train_index[torch.randperm(len(train_index), generator=generator)]

@@ -18,9 +18,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from .batching import batch_slices, model_device, module_mode, run_batched
+from .batching import batch_slices, model_device, module_mode, progress_bar, run_batched
 from .checks import check_model_fits, check_positive_int, check_positive_number, check_seed, checked_inputs
 from .files import load_state, save_state, settings_key, tensor_digest
 
@@ -154,7 +153,7 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, val_images
     static_index = torch.arange(batch_size, device=device)
     graph = _capture_step(step, model, optimizer, static_index, stats) if graphed else None
     history = History()
-    for epoch in tqdm(range(1, epochs + 1), desc=f"fit {getattr(model, 'name', '')}", disable=not progress):
+    for epoch in progress_bar(range(1, epochs + 1), desc=f"fit {getattr(model, 'name', '')}", enabled=progress):
         start = time.perf_counter()
         model.train()
         order = torch.randperm(x.shape[0], generator=generator).to(device)

@@ -16,6 +16,29 @@ os.environ.setdefault("NBUTILS_DATA", str(ROOT.parent / "shared" / "data"))
 os.environ["NBUTILS_DATA"] = os.pathsep.join(str(Path(p).resolve()) for p in os.environ["NBUTILS_DATA"].split(os.pathsep) if p)
 
 
+#: The datasets the tests read; without them the run stops at once (see pytest_sessionstart).
+NEEDED_DATASETS = ("mnist", "fashion-mnist", "imagenet-sample")
+
+
+def pytest_sessionstart(session):
+    """Stop the whole run with one message when the offline data are missing, instead of hundreds of
+    follow-on errors from every notebook and loader."""
+    from nbutils import data
+
+    missing = []
+    for name in NEEDED_DATASETS:
+        try:
+            data.resolve(name)
+        except FileNotFoundError:
+            missing.append(name)
+    if missing:
+        roots = ", ".join(str(r) for r in data.data_roots())
+        pytest.exit(f"the tests need the datasets {missing}, which are not under any data root ({roots}). "
+                    "Point NBUTILS_DATA at an offline mirror (CI: ../shared/data), or, on a machine with "
+                    "internet, run `python3 -m nbutils.data` once to download them, checksummed, into data/.",
+                    returncode=4)
+
+
 def tiny_classifier(seed: int = 0, channels: int = 3, classes: int = 10) -> Classifier:
     """A seeded conv net on (N, channels, 8, 8) pixels with its own normalisation."""
     torch.manual_seed(seed)

@@ -106,3 +106,30 @@ def test_book_builds_offline_without_warnings(tmp_path):
     assert (html / "index.html").is_file()
     for chapter in CHAPTERS:  # every chapter is in the table of contents and rendered with its figures
         assert "<img" in (html / "book" / f"{chapter.stem}.html").read_text(), chapter.stem
+
+
+def parameters_cell_names(notebook: Path) -> list[str]:
+    """The names the ``parameters`` cell assigns, read by Python's own parser."""
+    import ast
+
+    import nbformat
+    cell = next(c for c in nbformat.read(notebook, 4).cells if "parameters" in c.metadata.get("tags", []))
+    tree = ast.parse(cell.source)
+    return [node.target.id if isinstance(node, ast.AnnAssign) else node.targets[0].id
+            for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))]
+
+
+@pytest.mark.parametrize("notebook", CHAPTERS, ids=lambda p: p.stem)
+def test_papermill_lists_every_parameter_with_its_type_and_help_and_takes_it_without_warning(notebook, tmp_path, caplog):
+    import logging
+
+    import papermill
+    names = parameters_cell_names(notebook)
+    listed = papermill.inspect_notebook(str(notebook))
+    assert list(listed) == names
+    for name, info in listed.items():
+        assert info["inferred_type_name"] not in ("None", "", None) and info["help"], name
+    with caplog.at_level(logging.WARNING, logger="papermill"):
+        papermill.execute_notebook(str(notebook), str(tmp_path / "prepared.ipynb"), prepare_only=True,
+                                   parameters={name: None for name in names if name != "profile"} | {"profile": "smoke"})
+    assert "unknown parameter" not in caplog.text

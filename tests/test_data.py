@@ -173,3 +173,74 @@ def test_split_is_seeded_disjoint_and_complete(mirror):
     assert torch.equal(val.images, digits_train.images[index_val])
     with pytest.raises(ValueError, match="n_val"):
         digits_train.split(60_000, seed=0)
+
+
+class CutOnceServer(http.server.BaseHTTPRequestHandler):
+    """Serves ``payload`` at any path, with Range requests; the first response is cut half-way
+    (the full length announced, half the bytes sent, the connection closed)."""
+
+    payload = b""
+    cut_next = True
+    ranges_asked: list = []
+
+    def do_GET(self):
+        asked = self.headers.get("Range")
+        start = int(asked.split("=")[1].rstrip("-")) if asked else 0
+        type(self).ranges_asked.append(asked)
+        body = self.payload[start:]
+        self.send_response(206 if asked else 200)
+        self.send_header("Content-Length", str(len(body)))
+        if asked:
+            self.send_header("Content-Range", f"bytes {start}-{len(self.payload) - 1}/{len(self.payload)}")
+        self.end_headers()
+        if type(self).cut_next:
+            type(self).cut_next = False
+            self.wfile.write(body[: len(body) // 2])
+            self.close_connection = True
+            return
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def cut_once_server():
+    handler = type("Handler", (CutOnceServer,), {"payload": toy_zip(), "cut_next": True, "ranges_asked": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/Toy.zip", handler
+    server.shutdown()
+    server.server_close()
+
+
+def test_the_fetch_command_resumes_a_cut_download_and_checks_its_checksum(isolated, cut_once_server, monkeypatch, capsys):
+    url, handler = cut_once_server
+    digest = hashlib.sha256(handler.payload).hexdigest()
+    monkeypatch.setitem(data.DATASETS, "toy", toy_spec(url, digest))
+    root = isolated / "fetched"
+    assert data.main(["toy", "--root", str(root)]) == 1  # cut half-way: the command fails, saying so
+    assert "cut short" in capsys.readouterr().err
+    part = root / "Toy.zip.part"
+    assert part.is_file() and 0 < part.stat().st_size < len(handler.payload) and not (root / "Toy").exists()
+    assert data.main(["toy", "--root", str(root)]) == 0  # resumed from where it stopped
+    assert handler.ranges_asked == [None, f"bytes={len(handler.payload) // 2}-"]
+    assert (root / "Toy" / "a" / "1.txt").read_text() == "one"
+    assert sorted(p.name for p in root.iterdir()) == ["Toy"]  # no archive, no partial file left
+    assert "(checksums verified)" in capsys.readouterr().out
+
+
+def test_a_resumed_download_with_the_wrong_checksum_leaves_nothing(isolated, cut_once_server, monkeypatch):
+    url, handler = cut_once_server
+    monkeypatch.setitem(data.DATASETS, "toy", toy_spec(url, "0" * 64))
+    root = isolated / "fetched"
+    assert data.main(["toy", "--root", str(root)]) == 1
+    assert data.main(["toy", "--root", str(root)]) == 1
+    assert not root.exists() or list(root.iterdir()) == []
+
+
+def test_no_internet_is_said_plainly(isolated):
+    spec = data.DatasetSpec("toy", "Toy", url="http://127.0.0.1:9/Toy.zip", how_to_get="the toy zip")
+    with pytest.raises(data.DownloadError, match="no internet"):
+        data.resolve(spec, download=True)

@@ -30,6 +30,23 @@ def test_missing_torchvision_weights_name_file_url_and_torch_home(tmp_path, monk
     assert f"TORCH_HOME={tmp_path}" in message
 
 
+def test_download_without_internet_says_so_and_names_the_file(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torch
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(ConnectionError, match="no internet") as err:
+        imagenet_model("alexnet", weights="IMAGENET1K_V1", download=True)
+    assert "alexnet-owt-7be5be79.pth" in str(err.value) and "offline" in str(err.value)
+    with pytest.raises(FileNotFoundError, match="-p download True"):
+        imagenet_model("alexnet", weights="IMAGENET1K_V1")
+
+
 def test_corrupt_torchvision_weights_fail_their_checksum(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     checkpoints = tmp_path / "hub" / "checkpoints"
