@@ -12,13 +12,16 @@ The contract. Every attack is a function
 * ``eps``: the perturbation budget in pixel units (L-inf unless the attack says otherwise).
 * ``loss``: the per-image loss the attack ascends, a name from :data:`LOSSES` ("ce": cross-entropy
   of ``logits / temperature``; "margin": Carlini-Wagner's ``max_{j != y} z_j - z_y``, which never
-  saturates) or a callable ``(logits (N, K), labels (N,)) -> (N,)``.
+  saturates; "mse": squared error between the one-hot label and the softmax, the PyImageSearch
+  posts' FGSM) or a callable ``(logits (N, K), labels (N,)) -> (N,)``.
 * Returns the adversarial images, (N, C, H, W), on the images' device and of their dtype.
 
-Each attack is a public entry point that validates its arguments once, and an unchecked per-batch
-kernel (``*_kernel``: tensors already on the device, no host synchronisation) that the shared
-runner :func:`nbutils.batching.run_batched` applies batch by batch. :func:`get` packs an attack
-and its settings into one value, an :class:`Attack`, for tables, trainers and sweeps.
+Each attack is a public entry point that validates its arguments once; a ``prepare_*`` function
+that checks its settings and returns the per-batch kernel ``(x, y) -> adversarial x`` (tensors
+already on the device, no host synchronisation); and that kernel, which the shared runner
+:func:`nbutils.batching.run_batched` applies batch by batch and a trainer calls inside its step.
+:func:`get` packs an attack and its settings into one value, an :class:`Attack`, for tables,
+trainers and sweeps; ``Attack.kernel(model)`` is its per-batch kernel.
 
 Conventions for FGSM's eps (``convention``):
 
@@ -50,7 +53,7 @@ from .checks import (check_choice, check_eps, check_epsilons, check_flag, check_
 
 CONVENTIONS = ("pixel", "normalised")
 NORMS = ("linf", "l2")
-LOSSES = ("ce", "margin")
+LOSSES = ("ce", "margin", "mse")
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -65,6 +68,13 @@ def margin_per_image(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     return other - true
 
 
+def mse_per_image(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Per-image mean squared error between the one-hot label and ``softmax(logits / T)`` (N,): the
+    loss of the PyImageSearch FGSM that the mixed-batch paper copied (Keras' ``MeanSquaredError``)."""
+    one_hot = F.one_hot(labels, logits.shape[1]).to(logits.dtype)
+    return (torch.softmax(logits / temperature, dim=1) - one_hot).pow(2).mean(dim=1)
+
+
 def loss_function(loss: str | LossFunction = "ce", temperature: float = 1.0) -> LossFunction:
     """The per-image loss ``(logits (N, K), labels (N,)) -> (N,)`` named by ``loss`` (see the module
     docstring), or ``loss`` itself when it is a callable. Unchecked: see :func:`check_loss`."""
@@ -72,6 +82,8 @@ def loss_function(loss: str | LossFunction = "ce", temperature: float = 1.0) -> 
         return loss
     if loss == "ce":
         return lambda logits, labels: F.cross_entropy(logits / temperature, labels, reduction="none")
+    if loss == "mse":
+        return partial(mse_per_image, temperature=temperature)
     return margin_per_image
 
 
@@ -151,6 +163,15 @@ def _check_convention(model, images, labels, convention, batch_size):
     return images, labels, pixel_step(model, convention), 1.0 if convention == "pixel" else None
 
 
+def prepare_fgsm(model: nn.Module, *, eps: float, targeted: bool = False, loss: str | LossFunction = "ce",
+                 temperature: float = 1.0, convention: str = "pixel") -> Callable:
+    """Check FGSM's settings; returns its per-batch kernel ``(x (B, C, H, W), y (B,)) -> (B, C, H, W)``."""
+    check_choice(convention, CONVENTIONS, "convention")
+    return partial(fgsm_kernel, model, eps=check_eps(eps, upper=1.0 if convention == "pixel" else None),
+                   unit=pixel_step(model, convention), targeted=check_flag(targeted, "targeted"),
+                   clamp=convention == "pixel", loss_fn=check_loss(loss, temperature))
+
+
 def fgsm(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, eps: float, targeted: bool = False,
          loss: str | LossFunction = "ce", temperature: float = 1.0, convention: str = "pixel", batch_size: int = 128,
          progress: bool = False) -> torch.Tensor:
@@ -159,10 +180,8 @@ def fgsm(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, eps: f
     The attack contract (module docstring); eps in the given ``convention``'s units.
     Returns adversarial images (N, C, H, W) on the images' device.
     """
-    images, labels, unit, upper = _check_convention(model, images, labels, convention, batch_size)
-    eps = check_eps(eps, upper=upper)
-    kernel = partial(fgsm_kernel, model, eps=eps, unit=unit, targeted=check_flag(targeted, "targeted"),
-                     clamp=convention == "pixel", loss_fn=check_loss(loss, temperature))
+    images, labels, _, _ = _check_convention(model, images, labels, convention, batch_size)
+    kernel = prepare_fgsm(model, eps=eps, targeted=targeted, loss=loss, temperature=temperature, convention=convention)
     return run_batched(kernel, (images, labels), device=model_device(model), batch_size=batch_size,
                        progress=progress, desc="fgsm")
 
@@ -273,10 +292,8 @@ def _project(adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch
     return (x + delta).clamp(0, 1)
 
 
-def pgd_kernel(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float, steps: int,
-               norm: str, targeted: bool, loss_fn: LossFunction, generator: torch.Generator | None) -> torch.Tensor:
-    """PGD on one batch on the model's device; ``generator`` (on that device) draws the random start,
-    None for none. x (B, C, H, W), y (B,) -> (B, C, H, W). Unchecked."""
+def _pgd_run(model, x, y, *, eps, alpha, steps, norm, targeted, loss_fn, generator) -> torch.Tensor:
+    """One PGD run from the image (generator None) or from a random point of the ball."""
     adv = x + _random_start(x, eps, norm, generator) if generator is not None else x.clone()
     adv = _project(adv, x, eps, norm)
     for _ in range(steps):
@@ -286,26 +303,67 @@ def pgd_kernel(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
     return adv
 
 
+def pgd_kernel(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float, steps: int,
+               norm: str, targeted: bool, loss_fn: LossFunction, generator: torch.Generator | None,
+               restarts: int = 1) -> torch.Tensor:
+    """PGD on one batch on the model's device; ``generator`` (on that device) draws the random start,
+    None for none. With ``restarts`` > 1, each image keeps the first run that succeeds (misclassified,
+    or classified as the target), else the first run. x (B, C, H, W), y (B,) -> (B, C, H, W). Unchecked."""
+    settings = dict(eps=eps, alpha=alpha, steps=steps, norm=norm, targeted=targeted, loss_fn=loss_fn, generator=generator)
+    best = _pgd_run(model, x, y, **settings)
+    if restarts == 1:
+        return best
+    done = _succeeded(model, best, y, targeted)
+    for _ in range(restarts - 1):
+        adv = _pgd_run(model, x, y, **settings)
+        success = _succeeded(model, adv, y, targeted)
+        best = torch.where((success & ~done)[:, None, None, None], adv, best)
+        done = done | success
+    return best
+
+
+def _succeeded(model: nn.Module, adv: torch.Tensor, y: torch.Tensor, targeted: bool) -> torch.Tensor:
+    """(B,) bool: the attack reached its goal (the target class, or any class but the label)."""
+    with torch.no_grad():
+        predicted = model(adv).argmax(1)
+    return predicted == y if targeted else predicted != y
+
+
+def prepare_pgd(model: nn.Module, *, eps: float, alpha: float, steps: int, norm: str = "linf",
+                random_start: bool = False, restarts: int = 1, targeted: bool = False, loss: str | LossFunction = "ce",
+                temperature: float = 1.0, seed: int = 0) -> Callable:
+    """Check PGD's settings; returns its per-batch kernel ``(x, y) -> adversarial x``. The random
+    start's generator lives on the model's device, seeded with ``seed``."""
+    check_choice(norm, NORMS, "norm")
+    seed, restarts = check_seed(seed), check_positive_int(restarts, "restarts")
+    random_start = check_flag(random_start, "random_start")
+    if restarts > 1 and not random_start:
+        raise ValueError("restarts > 1 needs random_start=True (without it every restart is the same run)")
+    generator = torch.Generator(model_device(model)).manual_seed(seed) if random_start else None
+    return partial(pgd_kernel, model, eps=check_eps(eps, upper=1.0 if norm == "linf" else None),
+                   alpha=check_eps(alpha, name="alpha"), steps=check_positive_int(steps, "steps"), norm=norm,
+                   targeted=check_flag(targeted, "targeted"), loss_fn=check_loss(loss, temperature),
+                   generator=generator, restarts=restarts)
+
+
 def pgd(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, eps: float, alpha: float, steps: int,
-        norm: str = "linf", random_start: bool = False, targeted: bool = False, loss: str | LossFunction = "ce",
-        temperature: float = 1.0, batch_size: int = 128, seed: int = 0, progress: bool = False) -> torch.Tensor:
+        norm: str = "linf", random_start: bool = False, restarts: int = 1, targeted: bool = False,
+        loss: str | LossFunction = "ce", temperature: float = 1.0, batch_size: int = 128, seed: int = 0,
+        progress: bool = False) -> torch.Tensor:
     """Projected gradient descent (Madry et al. 2018) in [0, 1] pixel space.
 
     ``steps`` steps of size ``alpha`` along sign(grad) ("linf") or grad / ||grad||_2 ("l2"), each
     followed by projection onto the eps-ball (of that norm) around the image and clamping to [0, 1].
     random_start: begin at a uniform point of the L-inf ball (or a random point of the L2 ball),
-    drawn from a generator on the model's device seeded with ``seed``. Otherwise the attack
-    contract (module docstring). Returns adversarial images (N, C, H, W) on the images' device.
+    drawn from a generator on the model's device seeded with ``seed``; ``restarts``: that many
+    random starts, each image keeping the first that succeeds. Otherwise the attack contract
+    (module docstring). Returns adversarial images (N, C, H, W) on the images' device.
     """
     images, labels = checked_inputs(model, images, labels, batch_size)
-    check_choice(norm, NORMS, "norm")
-    device, seed = model_device(model), check_seed(seed)
-    generator = torch.Generator(device).manual_seed(seed) if check_flag(random_start, "random_start") else None
-    kernel = partial(pgd_kernel, model, eps=check_eps(eps, upper=1.0 if norm == "linf" else None),
-                     alpha=check_eps(alpha, name="alpha"), steps=check_positive_int(steps, "steps"), norm=norm,
-                     targeted=check_flag(targeted, "targeted"), loss_fn=check_loss(loss, temperature),
-                     generator=generator)
-    return run_batched(kernel, (images, labels), device=device, batch_size=batch_size, progress=progress, desc="pgd")
+    kernel = prepare_pgd(model, eps=eps, alpha=alpha, steps=steps, norm=norm, random_start=random_start,
+                         restarts=restarts, targeted=targeted, loss=loss, temperature=temperature, seed=seed)
+    return run_batched(kernel, (images, labels), device=model_device(model), batch_size=batch_size, progress=progress,
+                       desc="pgd")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,23 +424,32 @@ def cw_l2(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, eps: 
     image where none was (check with a prediction).
     """
     images, labels = checked_inputs(model, images, labels, batch_size)
-    if loss == "ce":
-        raise ValueError("loss 'ce' cannot drive cw_l2 (it never changes sign at the decision boundary); "
-                         "use loss='margin' or a margin-like callable")
-    kernel = partial(cw_l2_kernel, model, eps=None if eps is None else check_eps(eps), targeted=check_flag(targeted, "targeted"),
-                     loss_fn=check_loss(loss, temperature), c=check_eps(c, name="c"), kappa=check_eps(kappa, name="kappa"),
-                     steps=check_positive_int(steps, "steps"), search_steps=check_positive_int(search_steps, "search_steps"),
-                     lr=check_positive_number(lr, "lr"))
+    kernel = prepare_cw_l2(model, eps=eps, targeted=targeted, loss=loss, temperature=temperature, c=c, kappa=kappa,
+                           steps=steps, search_steps=search_steps, lr=lr)
     return run_batched(kernel, (images, labels), device=model_device(model), batch_size=batch_size,
                        progress=progress, desc="cw_l2")
+
+
+def prepare_cw_l2(model: nn.Module, *, eps: float | None = None, targeted: bool = False,
+                  loss: str | LossFunction = "margin", temperature: float = 1.0, c: float = 1.0, kappa: float = 0.0,
+                  steps: int = 100, search_steps: int = 5, lr: float = 0.01) -> Callable:
+    """Check C&W-L2's settings; returns its per-batch kernel ``(x, y) -> adversarial x``."""
+    if loss in ("ce", "mse"):
+        raise ValueError(f"loss {loss!r} cannot drive cw_l2 (it never changes sign at the decision boundary); "
+                         "use loss='margin' or a margin-like callable")
+    return partial(cw_l2_kernel, model, eps=None if eps is None else check_eps(eps), targeted=check_flag(targeted, "targeted"),
+                   loss_fn=check_loss(loss, temperature), c=check_eps(c, name="c"), kappa=check_eps(kappa, name="kappa"),
+                   steps=check_positive_int(steps, "steps"), search_steps=check_positive_int(search_steps, "search_steps"),
+                   lr=check_positive_number(lr, "lr"))
 
 
 # ---------------------------------------------------------------------------------------------
 # Attacks as values
 
-#: The attacks of the contract, by the name :func:`get` takes, with their display names.
-ATTACKS = {"fgsm": (fgsm, "FGSM"), "pgd": (pgd, "PGD"), "cw_l2": (cw_l2, "C&W-L2")}
+#: The attacks of the contract, by the name :func:`get` takes: (function, its kernel's prepare, display name).
+ATTACKS = {"fgsm": (fgsm, prepare_fgsm, "FGSM"), "pgd": (pgd, prepare_pgd, "PGD"), "cw_l2": (cw_l2, prepare_cw_l2, "C&W-L2")}
 _NOT_SETTINGS = ("model", "images", "labels")
+_RUNNER_SETTINGS = ("batch_size", "progress")
 
 
 @dataclass
@@ -402,6 +469,12 @@ class Attack:
         function = ATTACKS[self.attack][0]
         return function(model, images, labels, **{**self.settings, **overrides})
 
+    def kernel(self, model: nn.Module) -> Callable:
+        """The per-batch kernel ``(x, y) -> adversarial x`` against ``model``, settings checked now,
+        for a loop that already holds its batches on the device (e.g. an adversarial training step)."""
+        prepare = ATTACKS[self.attack][1]
+        return prepare(model, **{k: v for k, v in self.settings.items() if k not in _RUNNER_SETTINGS})
+
 
 def get(attack: str, /, *, name: str | None = None, **settings) -> Attack:
     """An :class:`Attack`: ``attack`` (a key of :data:`ATTACKS`) with ``settings`` (its keyword
@@ -409,7 +482,7 @@ def get(attack: str, /, *, name: str | None = None, **settings) -> Attack:
     an error here; the values are checked when it runs. ``name`` defaults to e.g.
     "PGD (eps=0.3, alpha=0.01, steps=40)"."""
     check_choice(attack, list(ATTACKS), "attack")
-    function, display = ATTACKS[attack]
+    function, _, display = ATTACKS[attack]
     accepted = [p for p in inspect.signature(function).parameters if p not in _NOT_SETTINGS]
     unknown = sorted(set(settings) - set(accepted))
     if unknown:

@@ -67,13 +67,25 @@ class LabelledImages:
         return replace(train, name=f"{self.name}[train split]"), replace(val, name=f"{self.name}[val split]")
 
     def describe(self) -> dict:
-        """Provenance: dataset name, count, where it came from, whether its checksums were verified."""
-        return {"dataset": self.name, "count": len(self), "root": self.root,
+        """Provenance: dataset name, count, where it came from (relative to its data root, e.g.
+        ``$NBUTILS_DATA/MNIST``: no machine's folders), whether its checksums were verified."""
+        return {"dataset": self.name, "count": len(self), "root": portable_path(self.root),
                 "checksums_verified": self.checksums_verified}
 
 
 # ---------------------------------------------------------------------------------------------
 # Locations, checksums, downloads
+
+def portable_path(path: str | os.PathLike) -> str:
+    """``path`` with its data root replaced by ``$NBUTILS_DATA`` or ``data``, so that provenance names no
+    machine's folders; other paths (and any text after the path, e.g. a recorded digest) unchanged."""
+    text = str(path)
+    for root, label in [*((r, f"${ENV_VAR}") for r in data_roots()[:-1]), (project_data_dir(), "data")]:
+        prefix = str(Path(root).resolve())
+        if text.startswith(prefix + os.sep):
+            return label + text[len(prefix):]
+    return text
+
 
 def project_data_dir() -> Path:
     """``data/`` of the checkout, or ``./data`` when the package is installed without one."""

@@ -1,7 +1,8 @@
 """Defences, by name.
 
 * Defensive distillation (Papernot et al. 2016; chapter 3): :func:`soft_labels`, :func:`distill`.
-* Adversarial training on mixed clean and adversarial batches (chapter 4) joins this module.
+* Adversarial training on mixed clean and adversarial batches (chapter 4; Goodfellow et al. 2015,
+  Madry et al. 2018): :func:`adversarial_training`.
 * Detection of adversarial inputs by per-class GMMs on hidden states (chapter 5) lives in
   ``nbutils.detect``, and is listed here when it lands.
 
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .batching import model_device, module_mode, run_batched
+from .attacks import Attack
 from .checks import check_flag, check_images, check_model_fits, check_positive_int, check_positive_number
 from .train import History, cached_fit
 
@@ -52,3 +54,20 @@ def distill(teacher: nn.Module, student: nn.Module, images: torch.Tensor, labels
     targets = soft_labels(teacher, images, temperature) if check_flag(use_soft_labels, "use_soft_labels") else None
     return cached_fit(cache_dir, student, images, labels, val_images, val_labels, temperature=temperature,
                       soft_targets=targets, **fit_kwargs)
+
+
+def adversarial_training(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, val_images: torch.Tensor,
+                         val_labels: torch.Tensor, *, attack: Attack, adversarial_fraction: float = 0.5,
+                         craft_mode: str = "eval", cache_dir: str | os.PathLike | None = None,
+                         **fit_kwargs) -> History:
+    """Train ``model`` on batches whose last ``adversarial_fraction`` is crafted, at every step, by
+    ``attack`` against the current weights (0.5: the mixed-batch paper's 32 clean + 32 FGSM images per
+    batch of 64; 1.0 with PGD: Madry et al.'s adversarial training). The model crafts in
+    ``craft_mode`` ("eval", as the source's Keras code does, or "train") and updates in training mode.
+    Everything else is :func:`nbutils.train.fit` (its loop, history, scheduler and CUDA graph) through
+    :func:`nbutils.train.cached_fit` when ``cache_dir`` is given. Returns the :class:`~nbutils.train.History`.
+    """
+    if not isinstance(attack, Attack):
+        raise TypeError(f"attack must be an nbutils.attacks.Attack (attacks.get(...)), got {type(attack).__name__}")
+    return cached_fit(cache_dir, model, images, labels, val_images, val_labels, attack=attack,
+                      adversarial_fraction=adversarial_fraction, craft_mode=craft_mode, **fit_kwargs)

@@ -240,13 +240,48 @@ class MnistNet(nn.Module):
         return self.classifier(self.features(x))
 
 
-MNIST_MODELS = {"net": (32, 64, 128), "student": (16, 32, 64)}
+def _keras_same() -> nn.ZeroPad2d:
+    """Keras/TensorFlow "same" padding of a 3x3, stride-2 convolution on an even-sized input: the one
+    extra row and column go to the bottom and right (PyTorch's symmetric padding would shift the grid)."""
+    return nn.ZeroPad2d((0, 1, 0, 1))
+
+
+class SimpleCNN(nn.Module):
+    """The PyImageSearch "SimpleCNN" that the mixed-batch paper trained (Keras, ported exactly).
+
+    conv 1->32 3x3 stride 2 "same", ReLU, BatchNorm; conv 32->64 3x3 stride 2 "same", ReLU, BatchNorm;
+    flatten (64*7*7); dense 3136->128, ReLU, BatchNorm, dropout 0.5; dense 128->10 (logits; Keras
+    applies the softmax in the layer). BatchNorm with Keras' defaults (momentum 0.99, i.e. PyTorch's
+    0.01; epsilon 1e-3); weights initialised as Keras does (Glorot uniform, zero biases).
+    Input (N, 1, 28, 28) in [0, 1].
+    """
+
+    def __init__(self):
+        super().__init__()
+        bn = dict(eps=1e-3, momentum=0.01)
+        self.features = nn.Sequential(
+            _keras_same(), nn.Conv2d(1, 32, 3, stride=2), nn.ReLU(), nn.BatchNorm2d(32, **bn),
+            _keras_same(), nn.Conv2d(32, 64, 3, stride=2), nn.ReLU(), nn.BatchNorm2d(64, **bn), nn.Flatten())
+        self.classifier = nn.Sequential(nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.BatchNorm1d(128, **bn),
+                                        nn.Dropout(0.5), nn.Linear(128, 10))
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+#: The MNIST nets by name: the paper's and the source's halved student (chapter 3), SimpleCNN (chapter 4).
+MNIST_MODELS = {"net": lambda: MnistNet(32, 64, 128), "student": lambda: MnistNet(16, 32, 64), "simple_cnn": SimpleCNN}
 
 
 def mnist_model(name: str = "net", *, seed: int = 0, device: str | torch.device = "cpu") -> Classifier:
-    """A freshly initialised (seeded) MNIST :class:`Classifier`: "net" (the paper's) or "student"
-    (the source's halved distilled net). Pixels in [0, 1], no normalisation (as in the source)."""
+    """A freshly initialised (seeded) MNIST :class:`Classifier`: "net" (the paper's), "student" (the
+    source's halved distilled net) or "simple_cnn" (chapter 4's). Pixels in [0, 1], no normalisation
+    (as in the sources)."""
     check_choice(name, list(MNIST_MODELS), "MNIST model name")
     torch.manual_seed(seed)
-    return Classifier(MnistNet(*MNIST_MODELS[name]), [0.0], [1.0], name=f"mnist_{name}", weights_id=f"init-seed{seed}",
+    return Classifier(MNIST_MODELS[name](), [0.0], [1.0], name=f"mnist_{name}", weights_id=f"init-seed{seed}",
                       class_names=[str(d) for d in range(10)], resize=None, crop=None).to(device)

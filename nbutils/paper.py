@@ -1,6 +1,7 @@
 """The source papers' published numbers, as tidy tables, to set beside each run.
 
-Values are transcribed from ``shared/papers`` (see each function's docstring for the table).
+Values are transcribed from the papers' tables (each function's docstring names the paper and table)
+and, where a chapter sets them beside the paper's, from the printed outputs of the public code the papers copied.
 Errors and accuracies are in percent, as printed.
 """
 from __future__ import annotations
@@ -91,7 +92,7 @@ def distillation_fgsm() -> pd.DataFrame:
 
 def distillation_source() -> pd.DataFrame:
     """The public notebook the paper copied (as791/Adversarial-Example-Attack-and-Defense), as
-    recorded in shared/FINDINGS.md: accuracy at eps 0 and 0.3, undefended and distilled."""
+    printed in its outputs: accuracy at eps 0 and 0.3, undefended and distilled."""
     return pd.DataFrame([{"model": "undefended", "eps": 0.0, "accuracy": 0.9708},
                          {"model": "undefended", "eps": 0.3, "accuracy": 0.2484},
                          {"model": "distilled", "eps": 0.0, "accuracy": 0.9033},

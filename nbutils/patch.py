@@ -4,7 +4,7 @@ A patch is a (C, k, k) tensor of pixels in [0, 1] pasted over a k x k square of 
 pixels there are replaced). It is trained, image-independently, to make the model predict one
 target class wherever it is pasted.
 
-The tutorial's protocol, which the main paper ran (``shared/FINDINGS.md``):
+The tutorial's protocol, which the main paper ran (its public notebook, phlippe/uvadlc_notebooks on GitHub):
 
 * parameterisation ``pixels = (tanh(p) + 1) / 2`` with ``p`` initialised to zeros (a grey patch);
 * SGD, lr 0.1, momentum 0.8, batch 32 (last partial batch dropped), 5 epochs, cross-entropy

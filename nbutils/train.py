@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .batching import batch_slices, model_device, module_mode, progress_bar, run_batched
-from .checks import check_model_fits, check_positive_int, check_positive_number, check_seed, checked_inputs
+from .checks import (check_choice, check_model_fits, check_positive_int, check_positive_number, check_seed,
+                     checked_inputs)
 from .files import load_state, save_state, settings_key, tensor_digest
 
 
@@ -63,16 +64,40 @@ def evaluate_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
     return losses.sum().item() / n, correct.sum().item() / n
 
 
+#: The mode the model is in while an adversarial training step crafts its adversarial part.
+CRAFT_MODES = ("eval", "train")
+
+
+def mixed_batch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, craft, adversarial_fraction: float,
+                craft_mode: str) -> torch.Tensor:
+    """The images a step trains on: the batch (B, C, H, W) with its last ``round(B * fraction)`` images
+    replaced by adversarial ones crafted now, from the current weights, by ``craft`` (an attack's
+    per-batch kernel); the first ones stay clean and the labels keep their order. The model crafts in
+    ``craft_mode``: "eval" (running BatchNorm statistics, no dropout; what Keras' ``model(x)`` does in
+    the source) or "train" (batch statistics, which it also updates, and dropout). No crafting when
+    ``craft`` is None."""
+    if craft is None:
+        return images
+    n_clean = images.shape[0] - round(images.shape[0] * adversarial_fraction)
+    with module_mode(model, training=craft_mode == "train"):
+        adversarial = craft(images[n_clean:], labels[n_clean:]).detach()
+    return torch.cat([images[:n_clean], adversarial])
+
+
 def _train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-                soft: torch.Tensor | None, temperature: float, index: torch.Tensor, stats: torch.Tensor) -> None:
-    """One optimiser step on the batch ``x[index]``; adds (summed loss, correct count) into ``stats`` (2,).
-    Pure device work with static shapes, so it can be captured in a CUDA graph."""
-    logits = model(x[index])
-    loss = training_loss(logits, y[index], soft[index] if soft is not None else None, temperature)
+                soft: torch.Tensor | None, temperature: float, index: torch.Tensor, stats: torch.Tensor,
+                craft=None, adversarial_fraction: float = 0.0, craft_mode: str = "eval") -> None:
+    """One optimiser step on the batch ``x[index]`` (its adversarial part crafted first when ``craft``
+    is given, see :func:`mixed_batch`; the update itself runs in training mode); adds (summed loss,
+    correct count) into ``stats`` (2,). Pure device work with static shapes, so it can be captured in a
+    CUDA graph."""
+    labels = y[index]
+    logits = model(mixed_batch(model, x[index], labels, craft, adversarial_fraction, craft_mode))
+    loss = training_loss(logits, labels, soft[index] if soft is not None else None, temperature)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    stats += torch.stack([loss.detach() * index.shape[0], (logits.argmax(1) == y[index]).sum()])
+    stats += torch.stack([loss.detach() * index.shape[0], (logits.argmax(1) == labels).sum()])
 
 
 def _capture_step(step, model: nn.Module, optimizer: torch.optim.Optimizer, index: torch.Tensor,
@@ -114,12 +139,18 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, val_images
         val_labels: torch.Tensor, *, epochs: int = 10, batch_size: int = 64, lr: float = 1e-4,
         betas: tuple[float, float] = (0.9, 0.999), temperature: float = 1.0,
         soft_targets: torch.Tensor | None = None, scheduler_factor: float = 0.1, scheduler_patience: int = 3,
-        seed: int = 0, cuda_graph: bool = True, progress: bool = True) -> History:
+        attack=None, adversarial_fraction: float = 0.5, craft_mode: str = "eval", seed: int = 0,
+        cuda_graph: bool = True, progress: bool = True) -> History:
     """Train ``model`` with Adam and ReduceLROnPlateau on the validation loss (the paper's recipe).
 
     images: (N, C, H, W) in [0, 1]; labels: (N,); val_*: the validation split. The loss is the
     cross-entropy of ``logits / temperature`` against the labels, or against ``soft_targets`` (N, K)
-    when given (distillation). All tensors move to the model's device once; each epoch draws a
+    when given (distillation). attack: an :class:`nbutils.attacks.Attack`; each step then replaces the
+    last ``adversarial_fraction`` of its batch by adversarial images crafted from the current weights
+    (0.5: the mixed-batch paper's 32 clean + 32 adversarial in a batch of 64; 1.0: pure adversarial
+    training as Madry et al.), with the model in ``craft_mode`` while crafting (see
+    :func:`mixed_batch`) and in training mode for the update. All tensors move to the model's
+    device once; each epoch draws a
     permutation from a CPU generator seeded with ``seed`` (``torch.manual_seed(seed)`` also fixes
     initialisation-independent randomness such as dropout), so a seed fixes the run on a device.
     cuda_graph: on a GPU, replay every full batch's step from one CUDA graph (fused, capturable Adam
@@ -133,6 +164,14 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, val_images
     check_positive_number(temperature, "temperature")
     if soft_targets is not None:
         _check_soft_targets(soft_targets, (images.shape[0], check_model_fits(model, images)))
+    craft = None
+    if attack is not None:
+        if not callable(getattr(attack, "kernel", None)):
+            raise TypeError(f"attack must be an nbutils.attacks.Attack (attacks.get(...)), got {type(attack).__name__}")
+        check_choice(craft_mode, CRAFT_MODES, "craft_mode")
+        if not 0 < check_positive_number(adversarial_fraction, "adversarial_fraction") <= 1:
+            raise ValueError(f"adversarial_fraction must lie in (0, 1], got {adversarial_fraction}")
+        craft = attack.kernel(model)
     device = model_device(model)
     x, y = images.to(device), labels.to(device)
     vx, vy = val_images.to(device), val_labels.to(device)
@@ -148,7 +187,7 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, val_images
     model.train()
 
     def step(index):
-        _train_step(model, optimizer, x, y, soft, temperature, index, stats)
+        _train_step(model, optimizer, x, y, soft, temperature, index, stats, craft, adversarial_fraction, craft_mode)
 
     static_index = torch.arange(batch_size, device=device)
     graph = _capture_step(step, model, optimizer, static_index, stats) if graphed else None

@@ -243,3 +243,29 @@ def test_robustness_table_names_an_attack_that_returns_nan():
     x, y = images_and_labels(32, 4)
     with pytest.raises(ValueError, match="broken"):
         robustness_table({"tiny": MODEL}, {"broken": lambda m, a, b: a * float("nan")}, x, y)
+
+
+def test_pgd_restarts_keep_a_success_and_never_lose_one():
+    x, y = images_and_labels(40, 16)
+    settings = dict(eps=0.02, alpha=0.01, steps=2, random_start=True, seed=5)
+    single = pgd(MODEL, x, y, **settings)
+    many = pgd(MODEL, x, y, restarts=4, **settings)
+    with torch.inference_mode():
+        fooled_single, fooled_many = MODEL(single).argmax(1) != y, MODEL(many).argmax(1) != y
+    assert (fooled_many >= fooled_single).all()  # the first restart is the single run: its successes stay
+    assert ((many - x).abs().amax() <= 0.02 + 1e-6) and many.min() >= 0 and many.max() <= 1
+    with pytest.raises(ValueError, match="random_start"):
+        pgd(MODEL, x, y, eps=0.02, alpha=0.01, steps=2, restarts=2)
+
+
+def test_the_mse_loss_is_the_keras_mean_squared_error_of_the_softmax():
+    logits = torch.tensor([[2.0, 0.0, -1.0]])
+    p = torch.softmax(logits, 1)[0]
+    by_hand = ((p[0] - 1) ** 2 + p[1] ** 2 + p[2] ** 2) / 3
+    assert attack_loss(logits, torch.tensor([0]), "mse").item() == pytest.approx(by_hand.item())
+
+
+def test_an_attacks_kernel_equals_the_attack_on_one_batch():
+    x, y = images_and_labels(41, 6)
+    for attack in (attacks.get("fgsm", eps=0.05, loss="mse"), attacks.get("pgd", eps=0.05, alpha=0.02, steps=2)):
+        assert torch.equal(attack.kernel(MODEL)(x, y), attack(MODEL, x, y))
