@@ -35,7 +35,16 @@ def tensor_digest(tensor: torch.Tensor) -> str:
     """SHA-256 of a tensor's dtype, shape and bytes (hex), e.g. to key a cache by its data."""
     array = tensor.detach().contiguous().cpu()
     digest = hashlib.sha256(f"{array.dtype}{tuple(array.shape)}".encode())
-    digest.update(array.view(torch.uint8).numpy().tobytes() if array.numel() else b"")
+    digest.update(array.reshape(-1).view(torch.uint8).numpy().tobytes() if array.numel() else b"")
+    return digest.hexdigest()
+
+
+def state_digest(module: torch.nn.Module) -> str:
+    """SHA-256 (hex) over the tensor digests of a module's state dict, in order: the identity of its
+    weights, e.g. to key a cache entry trained from them."""
+    digest = hashlib.sha256()
+    for name, value in module.state_dict().items():
+        digest.update(f"{name}:{tensor_digest(value)}".encode())
     return digest.hexdigest()
 
 

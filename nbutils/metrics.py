@@ -68,6 +68,57 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, ba
         return 1.0 - topk_error(predict(model, images, batch_size=batch_size), labels, 1)
 
 
+def wilson_interval(successes, total, *, confidence: float = 0.95):
+    """Wilson score interval of a binomial proportion: (low, high), each a float or an array like
+    ``successes`` (counts of ``total`` trials, which may be arrays of the same shape)."""
+    import numpy as np
+    from scipy.stats import norm
+
+    k, n = np.asarray(successes, dtype=float), np.asarray(total, dtype=float)
+    if np.any(n <= 0) or np.any(k < 0) or np.any(k > n):
+        raise ValueError(f"successes must lie in [0, total] with total > 0, got {successes!r} of {total!r}")
+    z = norm.ppf(0.5 + confidence / 2)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    low, high = centre - half, centre + half
+    return (float(low), float(high)) if low.ndim == 0 else (low, high)
+
+
+def with_intervals(table: pd.DataFrame, rate: str = "accuracy", total: str = "n_images") -> pd.DataFrame:
+    """``table`` with ``<rate>_low`` and ``<rate>_high``: the 95 % Wilson interval of each row's rate
+    (a fraction) over its ``total`` trials."""
+    low, high = wilson_interval((table[rate] * table[total]).round(), table[total])
+    return table.assign(**{f"{rate}_low": low, f"{rate}_high": high})
+
+
+#: Keras clips probabilities to [1e-7, 1 - 1e-7] before its cross-entropy: a confidently wrong image
+#: costs at most -log(1e-7) = 16.1, the scale of the mixed-batch paper's losses.
+KERAS_EPSILON = 1e-7
+
+
+def _accuracy_loss_kernel(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    probs = model(x).float().softmax(1).clamp(KERAS_EPSILON, 1 - KERAS_EPSILON)
+    return probs.argmax(1) == y, -probs.gather(1, y[:, None]).squeeze(1).log()
+
+
+def accuracy_and_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
+                      batch_size: int = 1000) -> dict:
+    """Test accuracy with its 95 % Wilson interval, and the mean cross-entropy as Keras reports it
+    (probabilities clipped to [1e-7, 1 - 1e-7]), in eval mode and inference mode.
+    images: (N, C, H, W) in the model's input space (unclamped adversarials allowed); labels: (N,).
+    Returns correct, total, accuracy, accuracy_low, accuracy_high, loss."""
+    images = check_images(images, pixel_range=False)
+    images, labels = checked_inputs(model, images, labels, batch_size, pixel_range=False)
+    with module_mode(model, training=False), torch.inference_mode():
+        right, losses = run_batched(partial(_accuracy_loss_kernel, model), (images, labels),
+                                    device=model_device(model), batch_size=batch_size, out_device="cpu")
+    correct, total = int(right.sum()), int(labels.shape[0])
+    low, high = wilson_interval(correct, total)
+    return {"correct": correct, "total": total, "accuracy": correct / total, "accuracy_low": low,
+            "accuracy_high": high, "loss": losses.double().mean().item()}
+
+
 #: How :func:`fgsm_accuracy` tests a model: the sound way, or the way the paper's source notebook did.
 FGSM_PROTOCOLS = ("sound", "source")
 

@@ -97,3 +97,27 @@ def distillation_source() -> pd.DataFrame:
                          {"model": "undefended", "eps": 0.3, "accuracy": 0.2484},
                          {"model": "distilled", "eps": 0.0, "accuracy": 0.9033},
                          {"model": "distilled", "eps": 0.3, "accuracy": 0.8801}])
+
+
+def mixed_batch_table() -> pd.DataFrame:
+    """Mixed-batch paper (Biswari et al.), Table I: test accuracy and loss of the normally trained
+    and the mixed-batch ("dynamic mixed dataset") SimpleCNN on the clean and the adversarial test
+    images, as printed (the clean loss of the normal model is missing from the table)."""
+    return pd.DataFrame([
+        {"model": "normal", "images": "clean", "accuracy": 0.9895, "loss": float("nan")},
+        {"model": "normal", "images": "adversarial", "accuracy": 0.0087, "loss": 15.7830},
+        {"model": "mixed", "images": "clean", "accuracy": 0.9911, "loss": 0.0273},
+        {"model": "mixed", "images": "adversarial", "accuracy": 0.9753, "loss": 0.0815},
+    ])
+
+
+def mixed_batch_source() -> pd.DataFrame:
+    """The PyImageSearch posts the mixed-batch paper copied (Rosebrock, March 2021), as printed in
+    them: accuracy before and after fine-tuning on 10,000 adversarial images, and before and after
+    mixed-batch training, on the clean test set and on the adversarial test set made once from the
+    normal model."""
+    rows = [("fine-tuned", "before", 0.9892, 0.0170), ("fine-tuned", "after", 0.9844, 0.9906),
+            ("mixed", "before", 0.9891, 0.0188), ("mixed", "after", 0.9906, 0.9641)]
+    return pd.DataFrame([{"model": model, "stage": stage, "images": images, "accuracy": value}
+                         for model, stage, clean, adversarial in rows
+                         for images, value in (("clean", clean), ("adversarial", adversarial))])

@@ -95,6 +95,33 @@ def curves(table: pd.DataFrame, *, x: str = "eps", hue: str = "model", style: st
     return fig
 
 
+def band_curves(table: pd.DataFrame, *, x: str, y: str, low: str, high: str, hue: str, facet: str,
+                xlabel: str | None = None, ylabel: str | None = None, title: str = "", percent: bool = True):
+    """``y`` against ``x`` with a shaded interval [``low``, ``high``]: one panel per ``facet`` value,
+    one line per ``hue`` value (legend under the panels, off the data). percent: values are fractions
+    drawn as 0-100 %. Returns the figure."""
+    scale = 100.0 if percent else 1.0
+    facets = list(dict.fromkeys(table[facet]))
+    fig, axes = plt.subplots(1, len(facets), figsize=(4.2 * len(facets), 3.6), squeeze=False, sharey=True)
+    for ax, value in zip(axes[0], facets):
+        for key, rows in table[table[facet] == value].groupby(hue, sort=False):
+            rows = rows.sort_values(x)
+            line, = ax.plot(rows[x], scale * rows[y], marker="o", markersize=3, label=str(key))
+            ax.fill_between(rows[x], scale * rows[low], scale * rows[high], color=line.get_color(), alpha=0.2)
+        ax.set_title(str(value), fontsize=10)
+        ax.set_xlabel(xlabel or x)
+        ax.grid(alpha=0.3)
+        if percent:
+            ax.set_ylim(-2, 102)
+    axes[0, 0].set_ylabel((ylabel or y) + (" (%)" if percent else ""))
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    return fig
+
+
 def heatmap(ax, table: pd.DataFrame, *, fmt: str = "{:.1f}", vmin: float = 0, vmax: float = 100, title: str = ""):
     """An annotated heat map of a 2-D table (rows x columns of numbers, e.g. target x patch size)."""
     image = ax.imshow(table.to_numpy(dtype=float), cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .batching import batch_slices, model_device, module_mode, progress_bar, run_batched
-from .checks import (check_choice, check_model_fits, check_positive_int, check_positive_number, check_seed,
+from .checks import (check_choice, check_flag, check_model_fits, check_positive_int, check_positive_number, check_seed,
                      checked_inputs)
 from .files import load_state, save_state, settings_key, tensor_digest
 
@@ -140,7 +140,7 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, val_images
         betas: tuple[float, float] = (0.9, 0.999), temperature: float = 1.0,
         soft_targets: torch.Tensor | None = None, scheduler_factor: float = 0.1, scheduler_patience: int = 3,
         attack=None, adversarial_fraction: float = 0.5, craft_mode: str = "eval", seed: int = 0,
-        cuda_graph: bool = True, progress: bool = True) -> History:
+        cuda_graph: bool = True, pixel_range: bool = True, progress: bool = True) -> History:
     """Train ``model`` with Adam and ReduceLROnPlateau on the validation loss (the paper's recipe).
 
     images: (N, C, H, W) in [0, 1]; labels: (N,); val_*: the validation split. The loss is the
@@ -155,10 +155,13 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, val_images
     initialisation-independent randomness such as dropout), so a seed fixes the run on a device.
     cuda_graph: on a GPU, replay every full batch's step from one CUDA graph (fused, capturable Adam
     with a tensor learning rate, so the scheduler still applies); the last, smaller batch runs eagerly.
-    No effect on the CPU. Returns a :class:`History` with per-epoch train/validation loss and accuracy.
+    No effect on the CPU. pixel_range: the images must lie in [0, 1]; False lets them leave it (finite
+    values only), e.g. adversarials crafted without clipping as the mixed-batch posts' FGSM.
+    Returns a :class:`History` with per-epoch train/validation loss and accuracy.
     """
-    images, labels = checked_inputs(model, images, labels, batch_size)
-    val_images, val_labels = checked_inputs(model, val_images, val_labels, batch_size, names=("val_images", "val_labels"))
+    images, labels = checked_inputs(model, images, labels, batch_size, pixel_range=check_flag(pixel_range, "pixel_range"))
+    val_images, val_labels = checked_inputs(model, val_images, val_labels, batch_size, pixel_range=pixel_range,
+                                            names=("val_images", "val_labels"))
     check_positive_int(epochs, "epochs")
     check_seed(seed)
     check_positive_number(temperature, "temperature")
@@ -228,7 +231,7 @@ def cached_fit(cache_dir: str | os.PathLike | None, model: nn.Module, images: to
     arguments = inspect.signature(fit).bind(model, images, labels, val_images, val_labels, **fit_kwargs)
     arguments.apply_defaults()
     settings = {name: (tensor_digest(value) if torch.is_tensor(value) else value)
-                for name, value in arguments.arguments.items() if name not in ("model", "progress")}
+                for name, value in arguments.arguments.items() if name not in ("model", "progress", "pixel_range")}
     settings.update(model=getattr(model, "name", type(model).__name__), init=getattr(model, "weights_id", ""),
                     device=model_device(model).type)
     path = Path(cache_dir) / settings_key(f"{settings['model']}_seed{settings['seed']}", settings)

@@ -133,3 +133,16 @@ def test_bad_adversarial_training_settings_name_the_argument(kwargs, word):
     x, y = digits(8)
     with pytest.raises((ValueError, TypeError), match=word):
         adversarial_training(mnist_model("simple_cnn"), x, y, x, y, **{"attack": FGSM_SOURCE, **kwargs}, progress=False)
+
+
+def test_unclipped_training_images_need_pixel_range_false_and_weights_have_a_digest():
+    from nbutils.files import state_digest
+
+    model, (x, y) = mnist_model("simple_cnn"), digits(16)
+    unclipped = x * 1.2 - 0.1
+    with pytest.raises(ValueError, match="images must lie in"):
+        fit(model, unclipped, y, x, y, epochs=1, batch_size=8, progress=False)
+    before = state_digest(model)
+    assert before == state_digest(mnist_model("simple_cnn")) and len(before) == 64
+    fit(model, unclipped, y, x, y, epochs=1, batch_size=8, pixel_range=False, progress=False)
+    assert state_digest(model) != before

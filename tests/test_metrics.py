@@ -110,3 +110,23 @@ def test_robustness_table_counts_accuracy_success_and_distances_by_hand():
             assert attacked["median_linf"] == pytest.approx(0.2, abs=1e-6)
     # FGSM is a no-op on the saturated net: nothing turns
     assert table.query("defence == 'saturated' and attack == 'fgsm'")["success"].item() == 0
+
+
+def test_wilson_interval_equals_scipys_and_accuracy_and_loss_count_by_hand():
+    from scipy.stats import binomtest
+
+    from nbutils.metrics import KERAS_EPSILON, accuracy_and_loss, wilson_interval, with_intervals
+    for k, n in ((0, 10), (7, 10), (9895, 10_000), (50, 50)):
+        reference = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+        assert wilson_interval(k, n) == pytest.approx((reference.low, reference.high), abs=1e-12)
+    with pytest.raises(ValueError, match="successes"):
+        wilson_interval(11, 10)
+    model, x, y = tiny_classifier(), torch.rand(30, 3, 8, 8), torch.randint(0, 10, (30,))
+    result = accuracy_and_loss(model, x, y, batch_size=7)
+    probs = predict(model, x).softmax(1).clamp(KERAS_EPSILON, 1 - KERAS_EPSILON)
+    right = int((probs.argmax(1) == y).sum())
+    assert result["correct"] == right and result["total"] == 30 and result["accuracy"] == right / 30
+    assert result["loss"] == pytest.approx(-probs[torch.arange(30), y].log().double().mean().item(), rel=1e-6)
+    assert (result["accuracy_low"], result["accuracy_high"]) == wilson_interval(right, 30)
+    table = with_intervals(__import__("pandas").DataFrame({"accuracy": [0.7], "n_images": [10]}))
+    assert (table["accuracy_low"].item(), table["accuracy_high"].item()) == pytest.approx(wilson_interval(7, 10))
