@@ -181,7 +181,7 @@ def fgsm_explorer(model, images: torch.Tensor, labels: torch.Tensor, class_names
 
     def show(index: int, eps: float, convention: str) -> None:
         x, y = images[index:index + 1], labels[index:index + 1]
-        adv = fgsm(model, x, y, eps, convention=convention)
+        adv = fgsm(model, x, y, eps=eps, convention=convention)
         probs, top = topk_probabilities(predict(model, adv), k)
         fig = prediction_grid(adv, probs, top, class_names, y, originals=x,
                               title=f"FGSM eps = {eps:.3f} ({convention})")

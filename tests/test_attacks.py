@@ -269,3 +269,13 @@ def test_an_attacks_kernel_equals_the_attack_on_one_batch():
     x, y = images_and_labels(41, 6)
     for attack in (attacks.get("fgsm", eps=0.05, loss="mse"), attacks.get("pgd", eps=0.05, alpha=0.02, steps=2)):
         assert torch.equal(attack.kernel(MODEL)(x, y), attack(MODEL, x, y))
+
+
+def test_the_fgsm_explorer_draws_without_error():
+    import matplotlib
+    matplotlib.use("Agg")
+    from nbutils.plots import fgsm_explorer
+    x, y = images_and_labels(50, 2)
+    widget = fgsm_explorer(MODEL, x, y, [str(i) for i in range(10)])
+    for convention in ("pixel", "normalised"):
+        widget.f(1, 0.05, convention)  # the callback the sliders call; an error here is invisible in the page
