@@ -48,8 +48,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .batching import model_device, run_batched
-from .checks import (check_choice, check_eps, check_epsilons, check_flag, check_positive_int, check_positive_number,
-                     check_seed, checked_inputs)
+from .checks import (check_choice, check_eps, check_epsilons, check_flag, check_model_fits, check_positive_int,
+                     check_positive_number, check_seed, checked_inputs)
 
 CONVENTIONS = ("pixel", "normalised")
 NORMS = ("linf", "l2")
@@ -255,7 +255,8 @@ def fgsm_sweep(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, 
     """
     images, labels, unit, upper = _check_convention(model, images, labels, convention, batch_size)
     epsilons = check_epsilons(epsilons, upper=upper)
-    check_positive_int(k, "k")
+    if check_positive_int(k, "k") > (classes := check_model_fits(model, images)):
+        raise ValueError(f"k must be at most the model's {classes} classes, got {k}")
     kernel = partial(fgsm_sweep_kernel, model, epsilons=epsilons, unit=unit, clamp=convention == "pixel", k=k,
                      targeted=check_flag(targeted, "targeted"), loss_fn=check_loss(loss, temperature),
                      return_images=check_flag(return_images, "return_images"))
@@ -369,6 +370,7 @@ def pgd(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, eps: fl
 # ---------------------------------------------------------------------------------------------
 # Carlini-Wagner L2
 
+@torch.enable_grad()  # the optimisation needs gradients even when called under no_grad
 def cw_l2_kernel(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float | None, targeted: bool,
                  loss_fn: LossFunction, c: float, kappa: float, steps: int, search_steps: int,
                  lr: float) -> torch.Tensor:
@@ -438,7 +440,7 @@ def prepare_cw_l2(model: nn.Module, *, eps: float | None = None, targeted: bool 
         raise ValueError(f"loss {loss!r} cannot drive cw_l2 (it never changes sign at the decision boundary); "
                          "use loss='margin' or a margin-like callable")
     return partial(cw_l2_kernel, model, eps=None if eps is None else check_eps(eps), targeted=check_flag(targeted, "targeted"),
-                   loss_fn=check_loss(loss, temperature), c=check_eps(c, name="c"), kappa=check_eps(kappa, name="kappa"),
+                   loss_fn=check_loss(loss, temperature), c=check_positive_number(c, "c"), kappa=check_eps(kappa, name="kappa"),
                    steps=check_positive_int(steps, "steps"), search_steps=check_positive_int(search_steps, "search_steps"),
                    lr=check_positive_number(lr, "lr"))
 
@@ -468,6 +470,13 @@ class Attack:
     def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, **overrides) -> torch.Tensor:
         function = ATTACKS[self.attack][0]
         return function(model, images, labels, **{**self.settings, **overrides})
+
+    def key(self) -> dict:
+        """What defines this attack's effect, e.g. to key a cache: the attack and its settings, without
+        the display name and the runner's settings (callables by qualified name)."""
+        return {"attack": self.attack, "settings": {
+            k: getattr(v, "__qualname__", v) if callable(v) else v
+            for k, v in sorted(self.settings.items()) if k not in _RUNNER_SETTINGS}}
 
     def kernel(self, model: nn.Module) -> Callable:
         """The per-batch kernel ``(x, y) -> adversarial x`` against ``model``, settings checked now,

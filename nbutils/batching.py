@@ -52,6 +52,23 @@ def module_mode(model: nn.Module, *, training: bool):
         model.train(was_training)
 
 
+@contextmanager
+def dropout_on(model: nn.Module):
+    """Eval mode except for the dropout layers, which draw masks as in training (a net tested the way
+    a source that never called ``model.eval()`` tested it, without BatchNorm learning from the test
+    data); every module's mode is restored afterwards."""
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    for module in model.modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd):
+            module.train()
+    try:
+        yield model
+    finally:
+        for module, training in modes.items():
+            module.train(training)
+
+
 def batch_slices(n: int, batch_size: int) -> Iterator[slice]:
     """Consecutive slices covering range(n) in chunks of ``batch_size``."""
     for start in range(0, n, batch_size):
@@ -85,7 +102,9 @@ def run_batched(kernel: Kernel, tensors: Sequence[torch.Tensor], *, device: torc
     tensors: each (N, ...), sliced together. kernel: takes one batch of each, already on ``device``,
     and returns a tensor (B, ...) or a tuple of them. Outputs are copied to ``out_device`` (default:
     the first tensor's device) without blocking; the host waits for the device once, after the last
-    batch. Returns the concatenated output(s). No argument checks: callers validate first.
+    batch. Inputs are copied without blocking only from the CPU (a copy back to the host must land
+    before the kernel reads it). Returns the concatenated output(s). No argument checks: callers
+    validate first.
     """
     n = tensors[0].shape[0]
     out_device = torch.device(out_device) if out_device is not None else tensors[0].device
@@ -93,13 +112,15 @@ def run_batched(kernel: Kernel, tensors: Sequence[torch.Tensor], *, device: torc
     bar = progress_bar(batch_slices(n, batch_size), total=math.ceil(n / batch_size), desc=desc, enabled=progress,
                        leave=False)
     for s in bar:
-        out = kernel(*(t[s].to(device, non_blocking=True) for t in tensors))
+        out = kernel(*(t[s].to(device, non_blocking=t.device.type == "cpu") for t in tensors))
         if isinstance(out, torch.Tensor):
             parts.append(out.to(out_device, non_blocking=True))
         else:
             parts.append(tuple(o.to(out_device, non_blocking=True) for o in out))
     if device.type == "cuda" and out_device.type != "cuda":
         torch.cuda.synchronize(device)  # the non-blocking copies back have landed
+    elif device.type != "cpu" and out_device.type != device.type:
+        getattr(torch, device.type).synchronize()  # e.g. mps
     if isinstance(parts[0], torch.Tensor):
         return torch.cat(parts)
     return tuple(torch.cat(column) for column in zip(*parts))

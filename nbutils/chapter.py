@@ -106,7 +106,7 @@ def start(chapter: str, profiles: Mapping[str, dict], namespace: Mapping, *, cac
     the run with an error naming the parameter (see :func:`nbutils.params.settle`). expected: the
     measured run time by (profile, device type), printed before the work starts.
     """
-    profile = namespace.get("profile")
+    profile = params.check_choice(namespace.get("profile"), list(profiles), "profile")
     cfg = params.settle(profiles, profile, **{name: namespace.get(name) for name in profiles[profile]})
     if getattr(cfg, "data_dir", ""):
         add_data_root(cfg.data_dir)

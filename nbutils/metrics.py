@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .attacks import fgsm_sweep, input_gradient
-from .batching import model_device, module_mode, progress_bar, run_batched
+from .batching import dropout_on, model_device, module_mode, progress_bar, run_batched
 from .checks import (check_choice, check_epsilons, check_images, check_labels, check_model_fits, check_positive_int,
                      check_positive_number, check_seed, checked_inputs)
 
@@ -44,7 +44,7 @@ def topk_probabilities(logits: torch.Tensor, k: int = 5) -> tuple[torch.Tensor, 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
     """(N,) bool: the label is among the k largest logits."""
-    labels = check_labels(labels, logits.shape[0], num_classes=logits.shape[1])
+    labels = check_labels(labels, logits.shape[0], num_classes=logits.shape[1]).to(logits.device)
     return (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1)
 
 
@@ -108,7 +108,6 @@ def accuracy_and_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tens
     (probabilities clipped to [1e-7, 1 - 1e-7]), in eval mode and inference mode.
     images: (N, C, H, W) in the model's input space (unclamped adversarials allowed); labels: (N,).
     Returns correct, total, accuracy, accuracy_low, accuracy_high, loss."""
-    images = check_images(images, pixel_range=False)
     images, labels = checked_inputs(model, images, labels, batch_size, pixel_range=False)
     with module_mode(model, training=False), torch.inference_mode():
         right, losses = run_batched(partial(_accuracy_loss_kernel, model), (images, labels),
@@ -133,7 +132,8 @@ def fgsm_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
     * "sound": eval mode (no dropout); every image is attacked and counts as correct when the
       adversarial image is classified correctly. One input gradient per batch serves every eps.
     * "source" (as791's ``test()``, which the paper copied): dropout left on, as the notebook never
-      calls ``model.eval()``; for each eps a fresh pass takes the gradient with one dropout draw and
+      calls ``model.eval()`` (only dropout: BatchNorm, where a model has it, keeps its running
+      statistics and is not updated by test data); for each eps a fresh pass takes the gradient with one dropout draw and
       classifies the adversarial image with another; images the first pass gets wrong are skipped
       but stay in the total of N, so they count as wrong. Dropout draws are seeded by ``seed``.
 
@@ -159,7 +159,7 @@ def _source_fgsm_correct(model, images, labels, epsilons, batch_size, seed) -> l
     device = model_device(model)
     torch.manual_seed(seed)
     counts = []
-    with module_mode(model, training=True):
+    with dropout_on(model):
         for eps in epsilons:
             right = run_batched(partial(_source_fgsm_kernel, model, eps=eps), (images, labels), device=device,
                                 batch_size=batch_size, out_device=device)
@@ -217,14 +217,18 @@ def robustness_table(models: Mapping[str, nn.Module], attacks: Mapping[str, Call
     (wall time of the attack). progress: a bar over the attacks of each model.
     """
     if not isinstance(attacks, Mapping):
-        attacks = {getattr(attack, "name", None) or getattr(attack, "__name__", repr(attack)): attack
-                   for attack in attacks}
+        names = [getattr(attack, "name", None) or getattr(attack, "__name__", repr(attack)) for attack in attacks]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"attacks must have distinct names; repeated: {repeated} (attacks.get(..., name=...))")
+        attacks = dict(zip(names, attacks))
     for name, attack in attacks.items():
         if not callable(attack):
             raise TypeError(f"attack {name!r} must be callable (model, images, labels) -> adversarial images")
     rows = []
     for defence, model in models.items():
         images, labels = checked_inputs(model, images, labels, batch_size)
+        labels = labels.cpu()  # predictions come back to the CPU
         with module_mode(model, training=False):
             clean_right = _predict(model, images, batch_size=batch_size).argmax(1) == labels
             for attack, run in progress_bar(attacks.items(), desc=f"attacks on {defence}", total=len(attacks),
@@ -238,7 +242,7 @@ def robustness_table(models: Mapping[str, nn.Module], attacks: Mapping[str, Call
                 check_images(adversarial, name=f"the images attack {attack!r} returned", pixel_range=False)
                 right = _predict(model, adversarial, batch_size=batch_size).argmax(1) == labels
                 turned = clean_right & ~right
-                delta = (adversarial - images).flatten(1)[turned]
+                delta = (adversarial - images).flatten(1).cpu()[turned]
                 rows.append({"defence": defence, "attack": attack, "accuracy": right.double().mean().item(),
                              "clean_accuracy": clean_right.double().mean().item(), "n_images": int(labels.shape[0]),
                              "success": turned.sum().item() / max(int(clean_right.sum()), 1),

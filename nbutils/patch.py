@@ -31,7 +31,7 @@ from torch import nn
 
 from .batching import model_device, module_mode, progress_bar, run_batched, split_indices
 from .checks import check_flag, check_images, check_positive_int, check_seed, checked_inputs
-from .files import load_state, save_state, settings_key
+from .files import load_state, save_state, settings_key, tensor_digest
 
 #: The main paper's five patch targets (Tables VII-XII) and their ImageNet class indices.
 PAPER_TARGETS = {"saltshaker": 773, "soap dispenser": 804, "digital clock": 530, "piggy bank": 719, "toaster": 859}
@@ -231,7 +231,8 @@ def train_patch(model: nn.Module, images: torch.Tensor, target: int, size: int, 
             epoch_loss = torch.zeros((), device=device)
             epoch_hits = torch.zeros((), device=device, dtype=torch.long)
             for step in range(steps):
-                batch = images[order[step * batch_size:(step + 1) * batch_size]].to(device, non_blocking=True)
+                batch = images[order[step * batch_size:(step + 1) * batch_size]].to(
+                    device, non_blocking=images.device.type == "cpu")
                 positions = random_positions(batch_size, images.shape[-2:], size, generator)
                 loss, hits = patch_train_step(model, batch, parameter, optimizer, target, positions, autocast_dtype)
                 epoch_loss += loss
@@ -344,11 +345,11 @@ def cached_patch(cache_dir: str | os.PathLike, model: nn.Module, images: torch.T
                  *, seed: int = 0, **train_kwargs) -> tuple[TrainedPatch, bool]:
     """Load the patch for these settings from ``cache_dir`` if present, else train and save it.
 
-    The key is the model's name and weights id, target, size, seed, the training settings and the
-    number of images. Returns (patch, True if it came from the cache).
+    The key is the model's name and weights id, target, size, seed, the training settings and a
+    SHA-256 digest of the images. Returns (patch, True if it came from the cache).
     """
     model_id = f"{getattr(model, 'name', type(model).__name__)}:{getattr(model, 'weights_id', '')}"
-    settings = {"target": target, "size": size, "seed": seed, "n_images": int(images.shape[0]),
+    settings = {"target": target, "size": size, "seed": seed, "images": tensor_digest(images),
                 **{k: str(v) for k, v in sorted(train_kwargs.items()) if k != "progress"}}
     path = Path(cache_dir) / patch_key(model_id, target, size, seed, settings)
     if path.is_file():

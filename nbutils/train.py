@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from torch import nn
 from .batching import batch_slices, model_device, module_mode, progress_bar, run_batched
 from .checks import (check_choice, check_flag, check_model_fits, check_positive_int, check_positive_number, check_seed,
                      checked_inputs)
-from .files import load_state, save_state, settings_key, tensor_digest
+from .files import load_state, save_state, settings_key, state_digest, tensor_digest
 
 
 def soft_cross_entropy(logits: torch.Tensor, soft_targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -101,26 +102,34 @@ def _train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Ten
 
 
 def _capture_step(step, model: nn.Module, optimizer: torch.optim.Optimizer, index: torch.Tensor,
-                  stats: torch.Tensor) -> torch.cuda.CUDAGraph:
+                  stats: torch.Tensor) -> torch.cuda.CUDAGraph | None:
     """Record ``step(index)`` in a CUDA graph (PyTorch's whole-network recipe: three warm-up steps on a
     side stream, then capture), and undo the warm-up: the model's state is restored in place and Adam's
-    moments and step counts are zeroed, which is Adam's fresh state. Replays then update the same tensors."""
+    moments and step counts are zeroed, which is Adam's fresh state. Replays then update the same tensors.
+    A step that cannot be captured (e.g. an attack that draws from its own random generator) gives
+    None, with a warning: the caller then runs every step eagerly, from the same restored state."""
     snapshot = {name: value.clone() for name, value in model.state_dict().items()}
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step(index)
-    torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step(index)
-    model.load_state_dict(snapshot)
-    for state in optimizer.state.values():
-        for value in state.values():
-            if torch.is_tensor(value):
-                value.zero_()
-    stats.zero_()
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                step(index)
+        torch.cuda.current_stream().wait_stream(side)
+        with torch.cuda.graph(graph):
+            step(index)
+    except RuntimeError as err:
+        warnings.warn(f"this training step cannot be captured in a CUDA graph ({str(err).splitlines()[0]}); "
+                      "running it eagerly", RuntimeWarning, stacklevel=3)
+        graph = None
+    finally:
+        model.load_state_dict(snapshot)
+        for state in optimizer.state.values():
+            for value in state.values():
+                if torch.is_tensor(value):
+                    value.zero_()
+        stats.zero_()
     return graph
 
 
@@ -220,9 +229,10 @@ def cached_fit(cache_dir: str | os.PathLike | None, model: nn.Module, images: to
                val_images: torch.Tensor, val_labels: torch.Tensor, **fit_kwargs) -> History:
     """:func:`fit`, or its saved result when ``cache_dir`` holds one for the same settings.
 
-    The key covers the model's name and initialisation (``weights_id``), the device type, a SHA-256
-    digest of the training and validation tensors (and soft targets), and every argument of
-    :func:`fit` with its default filled in. A hit loads the weights into ``model`` (eval mode) with
+    The key covers the model's name and its starting weights (a digest of its state, so a model
+    loaded from elsewhere never hits a fresh model's entry), the device type, a SHA-256 digest of the
+    training and validation tensors (and soft targets), and every argument of :func:`fit` with its
+    default filled in (an attack by what defines it: :meth:`nbutils.attacks.Attack.key`). A hit loads the weights into ``model`` (eval mode) with
     ``weights_only=True``; a miss trains and saves atomically. ``cache_dir`` None: always train.
     Returns the :class:`History`, with ``from_cache`` set on a hit.
     """
@@ -230,9 +240,10 @@ def cached_fit(cache_dir: str | os.PathLike | None, model: nn.Module, images: to
         return fit(model, images, labels, val_images, val_labels, **fit_kwargs)
     arguments = inspect.signature(fit).bind(model, images, labels, val_images, val_labels, **fit_kwargs)
     arguments.apply_defaults()
-    settings = {name: (tensor_digest(value) if torch.is_tensor(value) else value)
+    settings = {name: (tensor_digest(value) if torch.is_tensor(value) else
+                       value.key() if callable(getattr(value, "key", None)) else value)
                 for name, value in arguments.arguments.items() if name not in ("model", "progress", "pixel_range")}
-    settings.update(model=getattr(model, "name", type(model).__name__), init=getattr(model, "weights_id", ""),
+    settings.update(model=getattr(model, "name", type(model).__name__), init=state_digest(model),
                     device=model_device(model).type)
     path = Path(cache_dir) / settings_key(f"{settings['model']}_seed{settings['seed']}", settings)
     if path.is_file():

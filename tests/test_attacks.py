@@ -119,10 +119,17 @@ def test_attacks_are_deterministic():
     assert torch.equal(a.adversarials, b.adversarials) and torch.equal(a.adv_topk, b.adv_topk)
 
 
-def test_attack_builds_no_parameter_gradients():
+def test_attacks_build_no_parameter_gradients_even_on_a_trainable_model():
     x, y = images_and_labels(14, 4)
-    fgsm(MODEL, x, y, eps=0.1)
-    assert all(p.grad is None and not p.requires_grad for p in MODEL.parameters())
+    trainable = tiny_classifier()
+    for p in trainable.parameters():
+        p.requires_grad_(True)
+    fgsm(trainable, x, y, eps=0.1)
+    pgd(trainable, x, y, eps=0.1, alpha=0.05, steps=2)
+    cw_l2(trainable, x, y, steps=2, search_steps=1)
+    assert all(p.grad is None for p in trainable.parameters())
+    with torch.no_grad():  # C&W optimises with gradients even when called under no_grad (it raised here)
+        assert cw_l2(trainable, x, y, steps=2, search_steps=1).shape == x.shape
 
 
 def test_pgd_equals_torchattacks_pgd_without_random_start():

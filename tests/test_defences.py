@@ -38,11 +38,13 @@ def spied(seed=0):
 def test_mixed_batch_keeps_the_clean_part_and_crafts_the_rest_now():
     model, (x, y) = mnist_model("simple_cnn"), digits(8)
     craft = FGSM_SOURCE.kernel(model)
+    assert model.training
     mixed = mixed_batch(model, x, y, craft, 0.25, "eval")
+    assert model.training  # crafted in eval mode, then given back in training mode
     assert torch.equal(mixed[:6], x[:6])
     model.eval()
     assert torch.equal(mixed[6:], craft(x[6:], y[6:]))
-    assert model.training is False and torch.equal(mixed_batch(model, x, y, None, 0.5, "eval"), x)
+    assert torch.equal(mixed_batch(model, x, y, None, 0.5, "eval"), x)
 
 
 @pytest.mark.parametrize("fraction,n_adversarial", [(0.5, 4), (0.25, 2), (1.0, 8)])

@@ -130,3 +130,19 @@ def test_wilson_interval_equals_scipys_and_accuracy_and_loss_count_by_hand():
     assert (result["accuracy_low"], result["accuracy_high"]) == wilson_interval(right, 30)
     table = with_intervals(__import__("pandas").DataFrame({"accuracy": [0.7], "n_images": [10]}))
     assert (table["accuracy_low"].item(), table["accuracy_high"].item()) == pytest.approx(wilson_interval(7, 10))
+
+
+def test_the_source_protocol_turns_on_dropout_only_and_leaves_batchnorm_alone():
+    model = mnist_model("simple_cnn", seed=0).eval()
+    buffers = {name: value.clone() for name, value in model.named_buffers()}
+    x, y = torch.rand(32, 1, 28, 28), torch.randint(0, 10, (32,))
+    fgsm_accuracy(model, x, y, [0.0, 0.1], protocol="source", batch_size=16)
+    assert all(torch.equal(value, buffers[name]) for name, value in model.named_buffers())
+    assert not model.training
+
+
+def test_robustness_table_refuses_two_attacks_with_one_name():
+    from nbutils import attacks
+    model, x, y = tiny_classifier(), torch.rand(4, 3, 8, 8), torch.randint(0, 10, (4,))
+    with pytest.raises(ValueError, match="distinct names"):
+        robustness_table({"m": model}, [attacks.get("fgsm", eps=0.1), attacks.get("fgsm", eps=0.1)], x, y)

@@ -85,6 +85,8 @@ def test_chapter_start_settles_each_parameter_once_and_rejects_bad_ones():
         chapter.start("99_settle", PROFILES_99, {**namespace, "seed": "1"})
     with pytest.raises(ValueError, match="device 'gpu'"):
         chapter.start("99_settle", PROFILES_99, {**namespace, "device": "gpu"})
+    with pytest.raises(ValueError, match="profile"):
+        chapter.start("99_settle", PROFILES_99, {**namespace, "profile": "fast"})
 
 
 def test_a_rerun_writes_results_and_caches_outside_tracked_files_unless_told(monkeypatch, tmp_path):

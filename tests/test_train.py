@@ -133,3 +133,17 @@ def test_bad_input_names_the_argument(call, match):
     model, (x, y) = mnist_model("student"), digits(8)
     with pytest.raises((ValueError, TypeError), match=match):
         call(model, x, y)
+
+
+def test_cached_fit_keys_on_the_starting_weights_not_only_the_name():
+    x, y = digits(32)
+    settings = dict(epochs=1, batch_size=16, lr=1e-3, progress=False)
+    import tempfile
+    with tempfile.TemporaryDirectory() as cache:
+        trained = mnist_model("student", seed=0)
+        assert not cached_fit(cache, trained, x, y, x, y, **settings).from_cache
+        fresh = mnist_model("student", seed=0)
+        assert cached_fit(cache, fresh, x, y, x, y, **settings).from_cache
+        continued = mnist_model("student", seed=0)
+        continued.load_state_dict(trained.state_dict())  # same name and weights_id, other weights
+        assert not cached_fit(cache, continued, x, y, x, y, **settings).from_cache
