@@ -41,10 +41,15 @@ def runs_root() -> Path:
 
 
 def display_path(path: Path) -> str:
-    """``path`` relative to the checkout when inside it (provenance names no machine's folders)."""
-    root = project_root()
+    """``path`` relative to the checkout when inside it, else under ``$NBUTILS_RESULTS`` or
+    ``$NBUTILS_CACHE`` when inside those (provenance names no machine's folders)."""
     path = Path(path).resolve()
-    return str(path.relative_to(root)) if root is not None and path.is_relative_to(root) else str(path)
+    bases = [(project_root(), "")] + [(Path(os.environ[v]).resolve(), f"${v}/") for v in (RESULTS_ENV, CACHE_ENV)
+                                      if os.environ.get(v)]
+    for base, label in bases:
+        if base is not None and path.is_relative_to(base):
+            return label + str(path.relative_to(base))
+    return str(path)
 
 
 def default_results_dir(profile: str, chapter: str) -> Path:

@@ -1,4 +1,5 @@
 """The dataset resolver: mirror, project folder, loopback download, checksums."""
+import contextlib
 import functools
 import hashlib
 import http.server
@@ -30,12 +31,20 @@ def loopback(tmp_path):
     www.mkdir()
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
     handler.log_message = lambda *args: None
+    with serving(handler) as base:
+        yield base, www
+
+
+@contextlib.contextmanager
+def serving(handler):
+    """A threaded HTTP server on 127.0.0.1 with ``handler``; yields its base URL, then shuts it down."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", www
-    server.shutdown()
-    server.server_close()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def toy_zip() -> bytes:
@@ -207,12 +216,8 @@ class CutOnceServer(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def cut_once_server():
     handler = type("Handler", (CutOnceServer,), {"payload": toy_zip(), "cut_next": True, "ranges_asked": []})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/Toy.zip", handler
-    server.shutdown()
-    server.server_close()
+    with serving(handler) as base:
+        yield f"{base}/Toy.zip", handler
 
 
 def test_the_fetch_command_resumes_a_cut_download_and_checks_its_checksum(isolated, cut_once_server, monkeypatch, capsys):

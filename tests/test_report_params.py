@@ -116,3 +116,9 @@ def test_provenance_keeps_the_commit_read_at_the_start():
     record = run.provenance(models={"m": 1})
     assert record["git_commit"] == "abc123" and record["chapter"] == "99_commit" and record["seed"] == 3
     assert record["parameters"]["epsilons"] == [0.1] and record["folders"]["results"] == "/tmp/nbutils-99"
+
+
+def test_displayed_paths_name_no_machine_folder(monkeypatch, tmp_path):
+    monkeypatch.setenv(chapter.CACHE_ENV, str(tmp_path))
+    assert chapter.display_path(tmp_path / "models") == "$NBUTILS_CACHE/models"
+    assert chapter.display_path(ROOT / "results" / "paper") == "results/paper"
