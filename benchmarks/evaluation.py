@@ -10,17 +10,14 @@ overhead; the target is >= 0.9).
 """
 from __future__ import annotations
 
-import argparse
 
 import torch
 
-from nbutils import data
-from nbutils.batching import batch_slices, default_device
+from nbutils.batching import batch_slices
 from nbutils.metrics import predict
-from nbutils.models import imagenet_model
 from nbutils.patch import evaluate_patch
 from nbutils.report import device_name
-from timing import best_times_interleaved
+from timing import benchmark_arguments, best_times_interleaved, imagenet_inputs
 
 
 def forward_floor(model, images, batch_size, passes=1):
@@ -32,23 +29,8 @@ def forward_floor(model, images, batch_size, passes=1):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="efficientnet_lite0")
-    parser.add_argument("--weights", default=None, help="weights name; 'random' times the architecture only")
-    parser.add_argument("--n-images", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
-
-    device = default_device(args.device)
-    torch.manual_seed(0)
-    model = imagenet_model(args.model, args.weights, device=device)
-    if model.weights_id == "random-init":
-        images, labels = torch.rand(args.n_images, 3, 224, 224), torch.randint(0, 1000, (args.n_images,))
-    else:
-        sample = data.imagenet_sample(classes=range(args.n_images))
-        images, labels = sample.images, sample.labels
+    args = benchmark_arguments(__doc__, n_images=128, batch_size=64, repeats=5).parse_args()
+    device, model, images, labels = imagenet_inputs(args)
     images, labels = images.to(device), labels.to(device)
     patch = torch.rand(3, 48, 48, generator=torch.Generator().manual_seed(0)).to(device)
     n, bs = images.shape[0], args.batch_size

@@ -9,17 +9,14 @@ reported. Prints seconds per side and the ratio ours / reference.
 """
 from __future__ import annotations
 
-import argparse
 
 import torch
 import torchattacks
 
-from nbutils import data
 from nbutils.attacks import fgsm_sweep
-from nbutils.batching import batch_slices, default_device
-from nbutils.models import imagenet_model
+from nbutils.batching import batch_slices
 from nbutils.report import device_name
-from timing import best_time
+from timing import benchmark_arguments, best_time, imagenet_inputs
 
 EPSILONS = [i / 255 for i in range(1, 11)]
 
@@ -38,24 +35,8 @@ def reference_sweep(model, images, labels, epsilons, batch_size, k=5):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="efficientnet_lite0")
-    parser.add_argument("--weights", default=None, help="weights name; 'random' times the architecture only")
-    parser.add_argument("--n-images", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--repeats", type=int, default=2)
-    args = parser.parse_args()
-
-    device = default_device(args.device)
-    torch.manual_seed(0)
-    model = imagenet_model(args.model, args.weights, device=device)
-    if model.weights_id == "random-init":
-        images = torch.rand(args.n_images, 3, 224, 224)
-        labels = torch.randint(0, 1000, (args.n_images,))
-    else:
-        sample = data.imagenet_sample(classes=range(args.n_images))
-        images, labels = sample.images, sample.labels
+    args = benchmark_arguments(__doc__, n_images=64, batch_size=32, repeats=2).parse_args()
+    device, model, images, labels = imagenet_inputs(args)
 
     ours_s, ours = best_time(lambda: fgsm_sweep(model, images, labels, epsilons=EPSILONS, batch_size=args.batch_size), device, args.repeats)
     ref_s, ref = best_time(lambda: reference_sweep(model, images, labels, EPSILONS, args.batch_size), device, args.repeats)

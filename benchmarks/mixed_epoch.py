@@ -12,7 +12,6 @@ adversarial half and one training step, nothing else. Prints seconds, ratios and
 """
 from __future__ import annotations
 
-import argparse
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +23,7 @@ from nbutils.batching import batch_slices, default_device
 from nbutils.models import mnist_model
 from nbutils.report import device_name
 from nbutils.train import fit
-from timing import best_times_interleaved
+from timing import benchmark_arguments, best_times_interleaved
 
 EPS = 0.1
 
@@ -61,13 +60,7 @@ def floor_epoch(model, images, labels, batch_size):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n-images", type=int, default=10_000)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-
+    args = benchmark_arguments(__doc__, n_images=10_000, batch_size=64, repeats=3, imagenet=False).parse_args()
     device = default_device(args.device)
     mnist = data.mnist(train=True).subset(range(args.n_images))
     images, labels = mnist.images, mnist.labels

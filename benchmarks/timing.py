@@ -1,6 +1,7 @@
-"""Wall-clock timing shared by the benchmark scripts (imported as a sibling module)."""
+"""Wall-clock timing and the command line shared by the benchmark scripts (imported as a sibling module)."""
 from __future__ import annotations
 
+import argparse
 import time
 
 import torch
@@ -40,3 +41,34 @@ def best_times_interleaved(functions: dict, device: torch.device, repeats: int =
             synchronize(device)
             best[name] = min(best[name], time.perf_counter() - start)
     return best
+
+
+def benchmark_arguments(doc: str, *, n_images: int, batch_size: int, repeats: int,
+                        imagenet: bool = True) -> argparse.ArgumentParser:
+    """The options every script takes (--n-images, --batch-size, --device, --repeats, with this
+    script's defaults), and --model / --weights for the ImageNet ones."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if imagenet:
+        parser.add_argument("--model", default="efficientnet_lite0")
+        parser.add_argument("--weights", default=None, help="weights name; 'random' times the architecture only")
+    parser.add_argument("--n-images", type=int, default=n_images)
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--repeats", type=int, default=repeats)
+    return parser
+
+
+def imagenet_inputs(args: argparse.Namespace):
+    """(device, model, images, labels) for an ImageNet benchmark: the seeded model named by the
+    arguments, and either random images (random-init weights: timing only) or the offline sample."""
+    from nbutils import data
+    from nbutils.batching import default_device
+    from nbutils.models import imagenet_model
+
+    device = default_device(args.device)
+    torch.manual_seed(0)
+    model = imagenet_model(args.model, args.weights, device=device)
+    if model.weights_id == "random-init":
+        return device, model, torch.rand(args.n_images, 3, 224, 224), torch.randint(0, 1000, (args.n_images,))
+    sample = data.imagenet_sample(classes=range(args.n_images))
+    return device, model, sample.images, sample.labels
