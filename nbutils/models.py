@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import urllib.error
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -273,14 +274,56 @@ class SimpleCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-#: The MNIST nets by name: the paper's and the source's halved student (chapter 3), SimpleCNN (chapter 4).
-MNIST_MODELS = {"net": lambda: MnistNet(32, 64, 128), "student": lambda: MnistNet(16, 32, 64), "simple_cnn": SimpleCNN}
+def _unit_norm_init(module: nn.Module) -> None:
+    """Defense-GAN's (cleverhans') initialisation: each unit's incoming weights drawn from N(0, 1) and
+    scaled to L2 norm 1; zero biases."""
+    for layer in module.modules():
+        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+            with torch.no_grad():
+                weight = torch.randn_like(layer.weight)
+                layer.weight.copy_(weight / weight.flatten(1).norm(dim=1).add(1e-7)[(...,) + (None,) * (weight.dim() - 1)])
+                layer.bias.zero_()
+
+
+class ModelE(nn.Sequential):
+    """Defense-GAN's model E, the black-box substitute of chapter 5 (Samangouei et al. 2018, code
+    ``utils/network_builder.py``): flatten, FC 784->200, ReLU, FC 200->200, ReLU, FC 200->10 (logits;
+    the source's softmax is in the loss). Layers are named (``fc1``, ``relu1``, ``fc2``, ``relu2``,
+    ``logits``) for hidden-state capture. Input (N, 1, 28, 28) in [0, 1]."""
+
+    def __init__(self):
+        super().__init__(OrderedDict(
+            flatten=nn.Flatten(), fc1=nn.Linear(28 * 28, 200), relu1=nn.ReLU(), fc2=nn.Linear(200, 200),
+            relu2=nn.ReLU(), logits=nn.Linear(200, 10)))
+        _unit_norm_init(self)
+
+
+class ModelF(nn.Sequential):
+    """Defense-GAN's model F, the black-box target of chapter 5 (same source): conv 1->64 8x8 stride 2
+    "same" (TensorFlow's padding, here 3 on every side), ReLU, conv 64->128 6x6 stride 2 "valid", ReLU,
+    conv 128->128 5x5 "valid" (output 128x1x1), ReLU, flatten, FC 128->10 (logits). The I-defender
+    paper's Table 1 omits the third convolution; its 128-d output (``relu3``) is the hidden layer
+    chapter 5 models. Named layers: ``conv1``, ``relu1``, ``conv2``, ``relu2``, ``conv3``, ``relu3``,
+    ``flatten``, ``logits``. Input (N, 1, 28, 28) in [0, 1]."""
+
+    def __init__(self):
+        super().__init__(OrderedDict(
+            conv1=nn.Conv2d(1, 64, 8, stride=2, padding=3), relu1=nn.ReLU(),
+            conv2=nn.Conv2d(64, 128, 6, stride=2), relu2=nn.ReLU(),
+            conv3=nn.Conv2d(128, 128, 5), relu3=nn.ReLU(), flatten=nn.Flatten(), logits=nn.Linear(128, 10)))
+        _unit_norm_init(self)
+
+
+#: The MNIST nets by name: the paper's and the source's halved student (chapter 3), SimpleCNN (chapter 4),
+#: Defense-GAN's models E and F (chapter 5; also for Fashion-MNIST).
+MNIST_MODELS = {"net": lambda: MnistNet(32, 64, 128), "student": lambda: MnistNet(16, 32, 64), "simple_cnn": SimpleCNN,
+                "model_e": ModelE, "model_f": ModelF}
 
 
 def mnist_model(name: str = "net", *, seed: int = 0, device: str | torch.device = "cpu") -> Classifier:
-    """A freshly initialised (seeded) MNIST :class:`Classifier`: "net" (the paper's), "student" (the
-    source's halved distilled net) or "simple_cnn" (chapter 4's). Pixels in [0, 1], no normalisation
-    (as in the sources)."""
+    """A freshly initialised (seeded) MNIST-sized :class:`Classifier`, one of :data:`MNIST_MODELS`: "net"
+    (the paper's), "student" (the source's halved distilled net), "simple_cnn" (chapter 4's), "model_e"
+    or "model_f" (chapter 5's). Pixels in [0, 1], no normalisation (as in the sources)."""
     check_choice(name, list(MNIST_MODELS), "MNIST model name")
     torch.manual_seed(seed)
     return Classifier(MNIST_MODELS[name](), [0.0], [1.0], name=f"mnist_{name}", weights_id=f"init-seed{seed}",
