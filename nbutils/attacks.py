@@ -1,4 +1,5 @@
-"""Gradient attacks on classifiers that take [0, 1] pixel images.
+"""Gradient attacks on classifiers that take [0, 1] pixel images: FGSM (and its eps sweep), PGD,
+C&W-L2, and chapter 5's BIM, iterative L2 and DeepFool.
 
 The contract. Every attack is a function
 
@@ -368,6 +369,144 @@ def pgd(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, eps: fl
 
 
 # ---------------------------------------------------------------------------------------------
+# The iterative attacks of the I-defender paper (chapter 5): PGD without a random start
+
+def _step_size(eps: float, alpha: float | None, steps: int) -> float:
+    """alpha, or eps / steps when None: the budget is reached in exactly ``steps`` steps."""
+    return eps / steps if alpha is None else alpha
+
+
+def prepare_bim(model: nn.Module, *, eps: float, alpha: float | None = None, steps: int = 10, targeted: bool = False,
+                loss: str | LossFunction = "ce", temperature: float = 1.0) -> Callable:
+    """Check BIM's settings; returns its per-batch kernel ``(x, y) -> adversarial x``."""
+    steps = check_positive_int(steps, "steps")
+    return prepare_pgd(model, eps=eps, alpha=_step_size(check_eps(eps), alpha, steps), steps=steps, norm="linf",
+                       targeted=targeted, loss=loss, temperature=temperature)
+
+
+def bim(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, eps: float, alpha: float | None = None,
+        steps: int = 10, targeted: bool = False, loss: str | LossFunction = "ce", temperature: float = 1.0,
+        batch_size: int = 128, progress: bool = False) -> torch.Tensor:
+    """Basic Iterative Method, the iterative L-inf attack (Kurakin et al. 2017; the I-defender paper's eq. 2).
+
+    ``steps`` signed-gradient steps of size ``alpha`` (default ``eps / steps``), each clipped to the
+    L-inf eps-ball around the image and to [0, 1]: PGD without a random start. Otherwise the attack
+    contract (module docstring). Returns adversarial images (N, C, H, W) on the images' device.
+    """
+    images, labels = checked_inputs(model, images, labels, batch_size)
+    kernel = prepare_bim(model, eps=eps, alpha=alpha, steps=steps, targeted=targeted, loss=loss, temperature=temperature)
+    return run_batched(kernel, (images, labels), device=model_device(model), batch_size=batch_size, progress=progress,
+                       desc="bim")
+
+
+def prepare_iterative_l2(model: nn.Module, *, eps: float, alpha: float | None = None, steps: int = 10,
+                         targeted: bool = False, loss: str | LossFunction = "ce", temperature: float = 1.0) -> Callable:
+    """Check the iterative L2 attack's settings; returns its per-batch kernel ``(x, y) -> adversarial x``."""
+    steps = check_positive_int(steps, "steps")
+    return prepare_pgd(model, eps=eps, alpha=_step_size(check_eps(eps), alpha, steps), steps=steps, norm="l2",
+                       targeted=targeted, loss=loss, temperature=temperature)
+
+
+def iterative_l2(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, eps: float, alpha: float | None = None,
+                 steps: int = 10, targeted: bool = False, loss: str | LossFunction = "ce", temperature: float = 1.0,
+                 batch_size: int = 128, progress: bool = False) -> torch.Tensor:
+    """The iterative L2 attack (Metzen et al. 2017; the I-defender paper's eq. 3).
+
+    ``steps`` steps of L2 length ``alpha`` (default ``eps / steps``) along ``grad / ||grad||_2``, each
+    projected back onto the L2 eps-ball around the image (eps in pixel units: the L2 norm of the
+    perturbation of [0, 1] images) and clamped to [0, 1]: L2 PGD without a random start. Otherwise
+    the attack contract. Returns adversarial images (N, C, H, W) on the images' device.
+    """
+    images, labels = checked_inputs(model, images, labels, batch_size)
+    kernel = prepare_iterative_l2(model, eps=eps, alpha=alpha, steps=steps, targeted=targeted, loss=loss,
+                                  temperature=temperature)
+    return run_batched(kernel, (images, labels), device=model_device(model), batch_size=batch_size, progress=progress,
+                       desc="iterative_l2")
+
+
+# ---------------------------------------------------------------------------------------------
+# DeepFool
+
+def _class_gradients(model: nn.Module, x: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (B, K) at x and the input gradients of the logits of ``classes`` (B, J) per image:
+    (B, J, C, H, W), one backward pass per column."""
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(x)
+        chosen = logits.gather(1, classes)
+        grads = [torch.autograd.grad(chosen[:, j].sum(), x, retain_graph=j + 1 < classes.shape[1])[0]
+                 for j in range(classes.shape[1])]
+    return logits.detach(), torch.stack(grads, 1)
+
+
+def deepfool_kernel(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps: int, overshoot: float,
+                    candidates: int, eps: float | None) -> torch.Tensor:
+    """DeepFool on one batch on the model's device: x (B, C, H, W), y (B,) -> (B, C, H, W). Unchecked.
+
+    Each step linearises the logits at the current image, takes the nearest linearised boundary
+    between the label and one of the ``candidates`` - 1 other classes ranked highest on the clean
+    image, and adds the step that crosses it (plus 1e-4 of its direction); the total perturbation r
+    is applied as ``x + (1 + overshoot) r``. An image stops moving once it is misclassified. A fixed
+    number of steps and masked updates: no host synchronisation.
+    """
+    with torch.no_grad():
+        clean = model(x)
+    others = clean.scatter(1, y[:, None], float("-inf")).topk(min(candidates, clean.shape[1]) - 1, dim=1).indices
+    classes = torch.cat([y[:, None], others], 1)                     # (B, J): the label first
+    total = torch.zeros_like(x)
+    active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    for _ in range(steps):
+        adv = (x + (1 + overshoot) * total).clamp(0, 1)
+        logits, grads = _class_gradients(model, adv, classes)
+        active = active & (logits.argmax(1) == y)
+        chosen = logits.gather(1, classes)
+        f = (chosen[:, 1:] - chosen[:, :1])                           # (B, J-1), negative while correct
+        w = (grads[:, 1:] - grads[:, :1]).flatten(2)                  # (B, J-1, D)
+        w_norm = w.norm(dim=2).clamp_min(1e-12)
+        distance = f.abs() / w_norm
+        nearest = distance.argmin(1, keepdim=True)                    # (B, 1)
+        direction = w.gather(1, nearest[:, :, None].expand(-1, -1, w.shape[2])).squeeze(1) / w_norm.gather(1, nearest)
+        step = (distance.gather(1, nearest) + 1e-4) * direction       # (B, D)
+        total = total + torch.where(active[:, None], step, 0.0).view_as(x)
+    if eps is not None:
+        total = total * (eps / ((1 + overshoot) * _l2(total)).clamp_min(1e-12)).clamp(max=1.0)[:, None, None, None]
+    return (x + (1 + overshoot) * total).clamp(0, 1)
+
+
+def prepare_deepfool(model: nn.Module, *, steps: int = 50, overshoot: float = 0.02, candidates: int = 10,
+                     eps: float | None = None, targeted: bool = False) -> Callable:
+    """Check DeepFool's settings; returns its per-batch kernel ``(x, y) -> adversarial x``."""
+    if check_flag(targeted, "targeted"):
+        raise ValueError("deepfool is untargeted: it crosses the nearest decision boundary, whichever class lies "
+                         "behind it; use pgd or cw_l2 with targeted=True for a target class")
+    if check_positive_int(candidates, "candidates") < 2:
+        raise ValueError(f"candidates must be at least 2 (the label and one other class), got {candidates}")
+    return partial(deepfool_kernel, model, steps=check_positive_int(steps, "steps"),
+                   overshoot=check_eps(overshoot, name="overshoot"), candidates=candidates,
+                   eps=None if eps is None else check_eps(eps))
+
+
+def deepfool(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, steps: int = 50, overshoot: float = 0.02,
+             candidates: int = 10, eps: float | None = None, targeted: bool = False, batch_size: int = 128,
+             progress: bool = False) -> torch.Tensor:
+    """DeepFool (Moosavi-Dezfooli et al. 2016), the minimal L2 perturbation that crosses the nearest
+    linearised decision boundary, iterated until the image is misclassified (at most ``steps`` steps).
+
+    As the authors' reference code: steps of ``(|f_l| / ||w_l|| + 1e-4) w_l / ||w_l||`` towards the
+    nearest of the ``candidates`` - 1 classes ranked highest on the clean image, accumulated into r
+    and applied as ``clamp(x + (1 + overshoot) r, 0, 1)``. torchattacks' DeepFool instead applies the
+    overshoot and the clamp at every step and has no 1e-4; one step on a linear model is the same
+    in both. ``eps``: an optional L2 budget (pixel units) the final perturbation is scaled into;
+    None: unbounded. Untargeted only; it uses the logits, so ``loss`` and ``temperature`` do not
+    apply. Otherwise the attack contract. Returns adversarial images (N, C, H, W) on the images' device.
+    """
+    images, labels = checked_inputs(model, images, labels, batch_size)
+    kernel = prepare_deepfool(model, steps=steps, overshoot=overshoot, candidates=candidates, eps=eps, targeted=targeted)
+    return run_batched(kernel, (images, labels), device=model_device(model), batch_size=batch_size, progress=progress,
+                       desc="deepfool")
+
+
+# ---------------------------------------------------------------------------------------------
 # Carlini-Wagner L2
 
 @torch.enable_grad()  # the optimisation needs gradients even when called under no_grad
@@ -449,7 +588,9 @@ def prepare_cw_l2(model: nn.Module, *, eps: float | None = None, targeted: bool 
 # Attacks as values
 
 #: The attacks of the contract, by the name :func:`get` takes: (function, its kernel's prepare, display name).
-ATTACKS = {"fgsm": (fgsm, prepare_fgsm, "FGSM"), "pgd": (pgd, prepare_pgd, "PGD"), "cw_l2": (cw_l2, prepare_cw_l2, "C&W-L2")}
+ATTACKS = {"fgsm": (fgsm, prepare_fgsm, "FGSM"), "pgd": (pgd, prepare_pgd, "PGD"), "cw_l2": (cw_l2, prepare_cw_l2, "C&W-L2"),
+           "bim": (bim, prepare_bim, "BIM"), "iterative_l2": (iterative_l2, prepare_iterative_l2, "Iterative-L2"),
+           "deepfool": (deepfool, prepare_deepfool, "DeepFool")}
 _NOT_SETTINGS = ("model", "images", "labels")
 _RUNNER_SETTINGS = ("batch_size", "progress")
 

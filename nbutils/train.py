@@ -147,10 +147,11 @@ def _check_soft_targets(soft_targets, shape: tuple[int, int]) -> None:
 def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, val_images: torch.Tensor,
         val_labels: torch.Tensor, *, epochs: int = 10, batch_size: int = 64, lr: float = 1e-4,
         betas: tuple[float, float] = (0.9, 0.999), temperature: float = 1.0,
-        soft_targets: torch.Tensor | None = None, scheduler_factor: float = 0.1, scheduler_patience: int = 3,
+        soft_targets: torch.Tensor | None = None, scheduler_factor: float | None = 0.1, scheduler_patience: int = 3,
         attack=None, adversarial_fraction: float = 0.5, craft_mode: str = "eval", seed: int = 0,
         cuda_graph: bool = True, pixel_range: bool = True, progress: bool = True) -> History:
-    """Train ``model`` with Adam and ReduceLROnPlateau on the validation loss (the paper's recipe).
+    """Train ``model`` with Adam and ReduceLROnPlateau on the validation loss (the paper's recipe;
+    ``scheduler_factor=None``: a constant learning rate, as cleverhans' ``model_train``).
 
     images: (N, C, H, W) in [0, 1]; labels: (N,); val_*: the validation split. The loss is the
     cross-entropy of ``logits / temperature`` against the labels, or against ``soft_targets`` (N, K)
@@ -193,8 +194,8 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, val_images
     graphed = cuda_graph and device.type == "cuda" and x.shape[0] >= batch_size
     optimizer = torch.optim.Adam(model.parameters(), lr=torch.tensor(lr, device=device) if graphed else lr,
                                  betas=betas, fused=device.type == "cuda", capturable=graphed)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=scheduler_factor,
-                                                           patience=scheduler_patience)
+    scheduler = None if scheduler_factor is None else torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=scheduler_factor, patience=scheduler_patience)
     stats = torch.zeros(2, device=device)
     model.train()
 
@@ -217,7 +218,8 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, val_images
                 step(order[s])
         total_loss, correct = stats.tolist()
         val_loss, val_acc = evaluate_loss(model, vx, vy, temperature=temperature)
-        scheduler.step(val_loss)
+        if scheduler is not None:
+            scheduler.step(val_loss)
         history.rows.append({"epoch": epoch, "train_loss": total_loss / x.shape[0], "train_acc": correct / x.shape[0],
                              "val_loss": val_loss, "val_acc": val_acc, "lr": float(optimizer.param_groups[0]["lr"]),
                              "seconds": time.perf_counter() - start})

@@ -234,7 +234,7 @@ def test_an_attack_as_a_value_runs_with_its_settings_and_has_a_readable_name():
     import pickle
     assert pickle.loads(pickle.dumps(attack)) == attack  # travels to worker processes
     with pytest.raises(ValueError, match="attack"):
-        attacks.get("deepfool")
+        attacks.get("jsma")
 
 
 def test_robustness_table_takes_attacks_as_values_in_order():
@@ -286,3 +286,103 @@ def test_the_fgsm_explorer_draws_without_error():
     widget = fgsm_explorer(MODEL, x, y, [str(i) for i in range(10)])
     for convention in ("pixel", "normalised"):
         widget.f(1, 0.05, convention)  # the callback the sliders call; an error here is invisible in the page
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 5's attacks: BIM, iterative L2, DeepFool
+
+def test_bim_equals_torchattacks_bim():
+    x, y = images_and_labels(31, 10)
+    ours = attacks.bim(MODEL, x, y, eps=8 / 255, alpha=2 / 255, steps=6)
+    theirs = torchattacks.BIM(MODEL, eps=8 / 255, alpha=2 / 255, steps=6)(x, y)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+
+
+def test_iterative_l2_equals_torchattacks_l2_pgd_without_random_start():
+    x, y = images_and_labels(32, 10)
+    ours = attacks.iterative_l2(MODEL, x, y, eps=0.5, alpha=0.1, steps=8)
+    theirs = torchattacks.PGDL2(MODEL, eps=0.5, alpha=0.1, steps=8, random_start=False)(x, y)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("attack", [attacks.bim, attacks.iterative_l2])
+def test_iterative_attacks_stay_in_their_ball_and_range_reach_it_by_default_and_eps_zero_is_identity(attack):
+    x, y = images_and_labels(33, 8)
+    adv = attack(MODEL, x, y, eps=0.2, steps=10)
+    size = ((adv - x).abs().flatten(1).amax(1) if attack is attacks.bim else (adv - x).flatten(1).norm(dim=1))
+    assert (size <= 0.2 + 1e-5).all() and adv.min() >= 0 and adv.max() <= 1
+    # the default step eps / steps takes the images out to (near) the budget's edge; eps / 20 could not
+    assert size.max() > 0.9 * 0.2
+    assert torch.equal(attack(MODEL, x, y, eps=0.0), x)
+
+
+def test_targeted_bim_lowers_the_target_loss_and_untargeted_raises_the_label_loss():
+    x, y = images_and_labels(34, 16)
+    target = (y + 1) % 10
+    loss = lambda images, labels: F.cross_entropy(MODEL(images), labels).item()
+    assert loss(attacks.bim(MODEL, x, target, eps=0.1, targeted=True), target) < loss(x, target)
+    assert loss(attacks.bim(MODEL, x, y, eps=0.1), y) > loss(x, y)
+
+
+def linear_multiclass(seed=0, classes=4, scale=3.0):
+    """A linear classifier on (N, 1, 4, 4) images with large weights (boundaries close to mid-range images)."""
+    torch.manual_seed(seed)
+    linear = nn.Sequential(nn.Flatten(), nn.Linear(16, classes))
+    with torch.no_grad():
+        linear[1].weight.mul_(scale)
+    return Classifier(linear, [0.0], [1.0], name="lin", weights_id="x", class_names=[str(c) for c in range(classes)],
+                      resize=None, crop=None), linear[1]
+
+
+def test_deepfool_on_a_linear_model_stops_at_the_analytic_boundary():
+    # logit differences f_k - f_y = (w_k - w_y).x + (b_k - b_y): the nearest boundary is at distance
+    # min_k |f_k - f_y| / ||w_k - w_y||, crossed in one step, then overshot by (1 + overshoot)
+    model, layer = linear_multiclass()
+    x = 0.5 + 0.02 * torch.randn(6, 1, 4, 4)
+    y = model(x).argmax(1)
+    with torch.no_grad():
+        f = model(x)
+        w = layer.weight[None] - layer.weight[y][:, None]             # (N, K, 16)
+        distance = ((f - f.gather(1, y[:, None])).abs() / w.norm(dim=2).clamp_min(1e-12))
+        distance = distance.scatter(1, y[:, None], float("inf"))
+        analytic, nearest = distance.min(1)
+    adv = attacks.deepfool(model, x, y, overshoot=0.02)
+    found = (adv - x).flatten(1).norm(dim=1)
+    torch.testing.assert_close(found, 1.02 * (analytic + 1e-4), rtol=1e-4, atol=1e-6)
+    assert torch.equal(model(adv).argmax(1), nearest)
+    # without overshoot it lands 1e-4 past the boundary: across, but only just
+    adv = attacks.deepfool(model, x, y, overshoot=0.0)
+    torch.testing.assert_close((adv - x).flatten(1).norm(dim=1), analytic + 1e-4, rtol=1e-4, atol=1e-6)
+    assert (model(adv).argmax(1) != y).all()
+
+
+def test_deepfool_equals_torchattacks_on_a_linear_model():
+    # one step in both; they differ by the reference code's 1e-4 nudge, which torchattacks drops
+    model, _ = linear_multiclass(seed=1)
+    x = 0.5 + 0.02 * torch.randn(8, 1, 4, 4)
+    y = model(x).argmax(1)
+    ours = attacks.deepfool(model, x, y, overshoot=0.02)
+    theirs = torchattacks.DeepFool(model, steps=50, overshoot=0.02)(x, y)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1.1e-4)
+
+
+def test_deepfool_fools_a_nonlinear_net_respects_its_budget_and_refuses_a_target():
+    x, y = images_and_labels(35, 12)
+    y = MODEL(x).argmax(1)
+    adv = attacks.deepfool(MODEL, x, y)
+    assert (MODEL(adv).argmax(1) != y).float().mean() >= 0.9 and adv.min() >= 0 and adv.max() <= 1
+    unbounded = (adv - x).flatten(1).norm(dim=1)
+    bounded = (attacks.deepfool(MODEL, x, y, eps=0.5 * unbounded.min().item()) - x).flatten(1).norm(dim=1)
+    assert (bounded <= 0.5 * unbounded.min() + 1e-5).all()
+    with pytest.raises(ValueError, match="untargeted"):
+        attacks.deepfool(MODEL, x, y, targeted=True)
+    with pytest.raises(ValueError, match="candidates"):
+        attacks.deepfool(MODEL, x, y, candidates=1)
+
+
+@pytest.mark.parametrize("name, settings", [("bim", {"eps": 0.1}), ("iterative_l2", {"eps": 1.0}),
+                                            ("deepfool", {"steps": 5})])
+def test_chapter5_attacks_are_values_with_kernels_equal_to_the_attack(name, settings):
+    x, y = images_and_labels(36, 5)
+    attack = attacks.get(name, **settings)
+    torch.testing.assert_close(attack.kernel(MODEL)(x, y), attack(MODEL, x, y))
