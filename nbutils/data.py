@@ -443,12 +443,23 @@ def _idx_dataset(cls_name: str, name: str, train: bool, download: bool) -> Label
 
 def mnist(train: bool = True, *, download: bool = False) -> LabelledImages:
     """MNIST through torchvision: images (N, 1, 28, 28) in [0, 1], no normalisation."""
-    return _idx_dataset("MNIST", "mnist", train, download)
+    return digits("mnist", train, download=download)
 
 
 def fashion_mnist(train: bool = True, *, download: bool = False) -> LabelledImages:
     """Fashion-MNIST through torchvision: images (N, 1, 28, 28) in [0, 1]."""
-    return _idx_dataset("FashionMNIST", "fashion-mnist", train, download)
+    return digits("fashion-mnist", train, download=download)
+
+
+#: The 28x28 grey-scale datasets by name: their torchvision class.
+DIGIT_DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+
+
+def digits(name: str, train: bool = True, *, download: bool = False) -> LabelledImages:
+    """A dataset of :data:`DIGIT_DATASETS` by name ("mnist" or "fashion-mnist"): images (N, 1, 28, 28)
+    in [0, 1]."""
+    check_choice(name, list(DIGIT_DATASETS), "dataset")
+    return _idx_dataset(DIGIT_DATASETS[name], name, train, download)
 
 
 IMAGENET_SUBSETS = ("tiny-imagenet", "imagenet-sample")

@@ -121,3 +121,35 @@ def mixed_batch_source() -> pd.DataFrame:
     return pd.DataFrame([{"model": model, "stage": stage, "images": images, "accuracy": value}
                          for model, stage, clean, adversarial in rows
                          for images, value in (("clean", clean), ("adversarial", adversarial))])
+
+
+_I_DEFENDER_EPS = [0.1, 0.15, 0.2, 0.25, 0.3]
+_I_DEFENDER_AUC = {"mnist": {"I-defender": [0.964, 0.979, 0.988, 0.991, 0.993],
+                             "Defense-GAN": [0.914, 0.975, 0.989, 0.998, 0.999]},
+                   "fashion-mnist": {"I-defender": [0.9302, 0.9587, 0.9722, 0.9807, 0.9850],
+                                     "Defense-GAN": [0.775, 0.884, 0.940, 0.969, 0.985]}}
+
+
+def i_defender_auc() -> pd.DataFrame:
+    """I-defender paper (Zheng & Hong 2018), Tables 3 (MNIST; Defense-GAN with 10 GD runs of 400
+    iterations) and 5 (Fashion-MNIST; 10 runs of 200): detection AUC against the FGSM eps of a
+    black-box attack (substitute model E, target model F), per method. Columns: dataset, eps,
+    method, auc (a fraction)."""
+    return pd.DataFrame([{"dataset": d, "eps": e, "method": m, "auc": a}
+                         for d, methods in _I_DEFENDER_AUC.items() for m, values in methods.items()
+                         for e, a in zip(_I_DEFENDER_EPS, values)])
+
+
+def i_defender_vs_defense_gan_settings() -> pd.DataFrame:
+    """I-defender paper, Tables 2 (MNIST) and 4 (Fashion-MNIST): detection AUC at FGSM eps 0.3 of
+    I-defender and of Defense-GAN with its number of gradient-descent runs and iterations per run
+    (None for I-defender)."""
+    rows = [("mnist", "I-defender", None, None, 0.993), ("mnist", "Defense-GAN", 10, 800, 1.0),
+            ("mnist", "Defense-GAN", 10, 400, 1.0), ("mnist", "Defense-GAN", 10, 50, 0.985),
+            ("mnist", "Defense-GAN", 5, 100, 0.982), ("mnist", "Defense-GAN", 2, 100, 0.922),
+            ("mnist", "Defense-GAN", 1, 100, 0.836),
+            ("fashion-mnist", "I-defender", None, None, 0.985), ("fashion-mnist", "Defense-GAN", 10, 800, 0.987),
+            ("fashion-mnist", "Defense-GAN", 10, 400, 0.983), ("fashion-mnist", "Defense-GAN", 10, 100, 0.965),
+            ("fashion-mnist", "Defense-GAN", 5, 100, 0.945), ("fashion-mnist", "Defense-GAN", 10, 25, 0.935),
+            ("fashion-mnist", "Defense-GAN", 2, 100, 0.876), ("fashion-mnist", "Defense-GAN", 1, 100, 0.794)]
+    return pd.DataFrame(rows, columns=["dataset", "method", "gd_runs", "gd_iterations", "auc"])

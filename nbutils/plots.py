@@ -192,3 +192,28 @@ def fgsm_explorer(model, images: torch.Tensor, labels: torch.Tensor, class_names
     return widgets.interactive(show, index=widgets.Dropdown(options=options, description="image"),
                                eps=widgets.FloatSlider(value=0.02, min=0.0, max=eps_max, step=0.005, readout_format=".3f"),
                                convention=widgets.Dropdown(options=list(CONVENTIONS), value="normalised"))
+
+
+def roc_panels(panels: dict, *, title: str = "", zoom: float | None = None):
+    """ROC curves, one panel per key of ``panels``, one line per curve: ``panels`` maps a panel title
+    to {curve label: (fpr (M,), tpr (M,), auc)}; the legend shows each AUC. zoom: also draw the
+    corner fpr <= zoom, tpr >= 1 - zoom as an inset (the papers' curves hug it). Returns the figure."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 5.6), squeeze=False)
+    for ax, (panel, curves_) in zip(axes[0], panels.items()):
+        inset = ax.inset_axes([0.45, 0.1, 0.5, 0.5]) if zoom else None
+        for label, (fpr, tpr, auc) in curves_.items():
+            line, = ax.plot(fpr, tpr, label=f"{label} (AUC {auc:.3f})")
+            if inset is not None:
+                inset.plot(fpr, tpr, color=line.get_color())
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
+        if inset is not None:
+            inset.set_xlim(0, zoom)
+            inset.set_ylim(1 - zoom, 1)
+            inset.tick_params(labelsize=7)
+        ax.set(xlabel="false positive rate (clean flagged)", ylabel="true positive rate (adversarial flagged)",
+               title=panel, xlim=(0, 1), ylim=(0, 1.01))
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
