@@ -371,17 +371,18 @@ def pgd(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, eps: fl
 # ---------------------------------------------------------------------------------------------
 # The iterative attacks of the I-defender paper (chapter 5): PGD without a random start
 
-def _step_size(eps: float, alpha: float | None, steps: int) -> float:
-    """alpha, or eps / steps when None: the budget is reached in exactly ``steps`` steps."""
-    return eps / steps if alpha is None else alpha
+def _prepare_without_start(model, norm, eps, alpha, steps, targeted, loss, temperature) -> Callable:
+    """PGD's kernel without a random start, of step ``alpha`` or, when None, ``eps / steps`` (the
+    budget is reached in exactly ``steps`` steps)."""
+    steps = check_positive_int(steps, "steps")
+    return prepare_pgd(model, eps=eps, alpha=check_eps(eps) / steps if alpha is None else alpha, steps=steps,
+                       norm=norm, targeted=targeted, loss=loss, temperature=temperature)
 
 
 def prepare_bim(model: nn.Module, *, eps: float, alpha: float | None = None, steps: int = 10, targeted: bool = False,
                 loss: str | LossFunction = "ce", temperature: float = 1.0) -> Callable:
     """Check BIM's settings; returns its per-batch kernel ``(x, y) -> adversarial x``."""
-    steps = check_positive_int(steps, "steps")
-    return prepare_pgd(model, eps=eps, alpha=_step_size(check_eps(eps), alpha, steps), steps=steps, norm="linf",
-                       targeted=targeted, loss=loss, temperature=temperature)
+    return _prepare_without_start(model, "linf", eps, alpha, steps, targeted, loss, temperature)
 
 
 def bim(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, eps: float, alpha: float | None = None,
@@ -402,9 +403,7 @@ def bim(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, eps: fl
 def prepare_iterative_l2(model: nn.Module, *, eps: float, alpha: float | None = None, steps: int = 10,
                          targeted: bool = False, loss: str | LossFunction = "ce", temperature: float = 1.0) -> Callable:
     """Check the iterative L2 attack's settings; returns its per-batch kernel ``(x, y) -> adversarial x``."""
-    steps = check_positive_int(steps, "steps")
-    return prepare_pgd(model, eps=eps, alpha=_step_size(check_eps(eps), alpha, steps), steps=steps, norm="l2",
-                       targeted=targeted, loss=loss, temperature=temperature)
+    return _prepare_without_start(model, "l2", eps, alpha, steps, targeted, loss, temperature)
 
 
 def iterative_l2(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, eps: float, alpha: float | None = None,
