@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .attacks import input_gradient
 from .batching import model_device, module_mode, run_batched
 from .checks import check_eps, check_model_fits, check_positive_int, check_seed, checked_inputs
 from .files import load_state, save_state, settings_key, state_digest, tensor_digest
@@ -25,12 +26,14 @@ from .metrics import _predict
 from .train import fit
 
 
+def _label_probability(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """softmax(logits)_y per image (N,)."""
+    return logits.softmax(1).gather(1, labels[:, None]).squeeze(1)
+
+
 def _augment_kernel(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam: float) -> torch.Tensor:
-    x = x.detach().requires_grad_(True)
-    with torch.enable_grad():
-        probability = model(x).softmax(1).gather(1, y[:, None]).sum()
-        (grad,) = torch.autograd.grad(probability, x)
-    return x.detach() + lam * grad.sign()
+    grad, _ = input_gradient(model, x, y, loss=_label_probability)
+    return x + lam * grad.sign()
 
 
 def jacobian_augmentation(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, lam: float, *,
