@@ -13,6 +13,7 @@ Modules by concept, ground floor first:
 * ``defences`` (defensive distillation), ``metrics`` (accuracy, accuracy under attack, gradient
   masking);
 * ``plots``, ``report`` (provenance, tidy results, paper-vs-run tables), ``params`` (profiles),
-  ``chapter`` (the run helper a chapter calls once), ``paper`` (the papers' published numbers).
+  ``chapter`` (the run helper a chapter calls once), ``paper`` (the papers' published numbers),
+  ``sweep`` (grids of chapter runs on Dask: resumable, aggregated).
 """
 __version__ = "0.1.0"

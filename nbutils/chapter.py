@@ -85,7 +85,7 @@ class ChapterRun:
         paths = {"results": display_path(self.results)}
         if self.cache is not None:
             paths["cache"] = display_path(self.cache)
-        return report.provenance(seed=self.cfg.seed, device=self.device, profile=self.cfg.profile,
+        return report.provenance(seed=getattr(self.cfg, "seed", None), device=self.device, profile=self.cfg.profile,
                                  started=self.started, commit=self.commit, chapter=self.chapter, **details, folders=paths,
                                  parameters=vars(self.cfg))
 
@@ -115,7 +115,8 @@ def start(chapter: str, profiles: Mapping[str, dict], namespace: Mapping, *, cac
     cfg = params.settle(profiles, profile, **{name: namespace.get(name) for name in profiles[profile]})
     if getattr(cfg, "data_dir", ""):
         add_data_root(cfg.data_dir)
-    torch.manual_seed(cfg.seed)
+    if hasattr(cfg, "seed"):  # a page that only gathers runs (the sweeps) has none
+        torch.manual_seed(cfg.seed)
     device = default_device(cfg.device)
     results = Path(cfg.results_dir) if getattr(cfg, "results_dir", "") else default_results_dir(profile, chapter)
     results.mkdir(parents=True, exist_ok=True)

@@ -92,6 +92,26 @@ def with_intervals(table: pd.DataFrame, rate: str = "accuracy", total: str = "n_
     return table.assign(**{f"{rate}_low": low, f"{rate}_high": high})
 
 
+def mean_interval(table: pd.DataFrame, by: str | Sequence[str], value: str, *, confidence: float = 0.95) -> pd.DataFrame:
+    """The mean of ``value`` over the rows of each ``by`` group (e.g. over seeds) with its Student-t
+    interval: columns ``by``..., ``n``, ``mean``, ``low``, ``high`` (low and high NaN where n = 1)."""
+    import numpy as np
+    from scipy.stats import t
+
+    if value not in table.columns:
+        raise ValueError(f"value {value!r} is not a column of the table; it has {list(table.columns)}")
+    by = [by] if isinstance(by, str) else list(by)
+    missing = [b for b in by if b not in table.columns]
+    if missing:
+        raise ValueError(f"by {missing} not among the table's columns {list(table.columns)}")
+    stats = table.groupby(by, sort=False)[value].agg(["count", "mean", "std"]).reset_index()
+    n = stats["count"].to_numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        half = t.ppf(0.5 + confidence / 2, n - 1) * stats["std"].to_numpy() / np.sqrt(n)
+    return stats.assign(low=stats["mean"] - half, high=stats["mean"] + half).rename(columns={"count": "n"})[
+        by + ["n", "mean", "low", "high"]]
+
+
 #: Keras clips probabilities to [1e-7, 1 - 1e-7] before its cross-entropy: a confidently wrong image
 #: costs at most -log(1e-7) = 16.1, the scale of the mixed-batch paper's losses.
 KERAS_EPSILON = 1e-7

@@ -122,6 +122,43 @@ def band_curves(table: pd.DataFrame, *, x: str, y: str, low: str, high: str, hue
     return fig
 
 
+def sweep_curves(table: pd.DataFrame, *, x: str, y: str, hue: str | None = None, facet: str | None = None,
+                 xlabel: str | None = None, ylabel: str | None = None, title: str = "", logx: bool = False,
+                 percent: bool = False):
+    """``y`` against a swept parameter ``x``: the mean over the rows of each (``facet``, ``hue``, x)
+    group (the seeds of a sweep) with its 95 % Student-t band (:func:`nbutils.metrics.mean_interval`),
+    one line per ``hue`` value, one panel per ``facet`` value. percent: fractions drawn as 0-100 %."""
+    from .metrics import mean_interval
+
+    scale = 100.0 if percent else 1.0
+    keys = [k for k in (facet, hue) if k]
+    summary = mean_interval(table, keys + [x], y)
+    facets = list(dict.fromkeys(summary[facet])) if facet else [None]
+    fig, axes = plt.subplots(1, len(facets), figsize=(4.6 * len(facets), 3.6), squeeze=False, sharey=True)
+    for ax, value in zip(axes[0], facets):
+        rows = summary if facet is None else summary[summary[facet] == value]
+        for key, line_rows in (rows.groupby(hue, sort=False) if hue else [(None, rows)]):
+            line_rows = line_rows.sort_values(x)
+            line, = ax.plot(line_rows[x], scale * line_rows["mean"], marker="o", markersize=3,
+                            label=None if key is None else str(key))
+            ax.fill_between(line_rows[x], scale * line_rows["low"], scale * line_rows["high"], color=line.get_color(),
+                            alpha=0.2)
+        if facet:
+            ax.set_title(str(value), fontsize=10)
+        ax.set_xlabel(xlabel or x)
+        if logx:
+            ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel((ylabel or y) + (" (%)" if percent else ""))
+    if hue:
+        handles, labels = axes[0, 0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.12 if hue else 0, 1, 1))
+    return fig
+
+
 def heatmap(ax, table: pd.DataFrame, *, fmt: str = "{:.1f}", vmin: float = 0, vmax: float = 100, title: str = ""):
     """An annotated heat map of a 2-D table (rows x columns of numbers, e.g. target x patch size)."""
     image = ax.imshow(table.to_numpy(dtype=float), cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")

@@ -58,7 +58,7 @@ def device_name(device: torch.device | str) -> str:
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
-def provenance(*, seed: int, device: torch.device | str, profile: str, started: float, commit: str | None = None,
+def provenance(*, seed: int | None, device: torch.device | str, profile: str, started: float, commit: str | None = None,
                **details) -> dict:
     """What produced a result: versions, device, seed, profile, wall time since ``started``, the
     code's commit (``commit``, read when the run started, before it wrote anything; else read now)

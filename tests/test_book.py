@@ -20,6 +20,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = sorted((ROOT / "book").glob("[0-9][0-9]_*.ipynb"))
+NOTEBOOKS = CHAPTERS + [ROOT / "book" / "sweeps.ipynb"]  # every page with a parameters cell
 GOLDEN = ROOT / "tests" / "golden"
 UNCOMPARED = ("seconds",)
 FLOAT_RTOL, FLOAT_ATOL = 1e-6, 1e-12
@@ -36,7 +37,7 @@ def test_there_are_chapters():
     assert CHAPTERS, "no chapter notebooks in book/"
 
 
-@pytest.mark.parametrize("notebook", CHAPTERS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
 def test_committed_chapters_carry_no_injected_parameters(notebook):
     # a papermill-injected cell would pin its profile and override NBUTILS_PROFILE under nbval
     import nbformat
@@ -104,7 +105,7 @@ def test_book_builds_offline_without_warnings(tmp_path):
     page = (html / "book" / "01_fgsm_imagenet.html").read_text()
     assert "Table I" in page and "<img" in page, result.stdout[-2000:]
     assert (html / "index.html").is_file()
-    for chapter in CHAPTERS:  # every chapter is in the table of contents and rendered with its figures
+    for chapter in NOTEBOOKS:  # every chapter is in the table of contents and rendered with its figures
         assert "<img" in (html / "book" / f"{chapter.stem}.html").read_text(), chapter.stem
 
 
@@ -119,7 +120,7 @@ def parameters_cell_names(notebook: Path) -> list[str]:
             for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))]
 
 
-@pytest.mark.parametrize("notebook", CHAPTERS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
 def test_papermill_lists_every_parameter_with_its_type_and_help_and_takes_it_without_warning(notebook, tmp_path, caplog):
     import logging
 
