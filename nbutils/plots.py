@@ -14,6 +14,8 @@ import torch  # noqa: E402
 
 from .files import atomic_path  # noqa: E402
 
+BATCH_ENV = "NBUTILS_BATCH"  # set in the kernels of a sweep's runs: no live widgets there
+
 
 def to_hwc(image: torch.Tensor):
     """(C, H, W) pixels -> (H, W, C) numpy array clipped to [0, 1] for imshow (grey if C == 1)."""
@@ -209,7 +211,14 @@ def save_figure(fig, path: Path, dpi: int = 110) -> Path:
 def fgsm_explorer(model, images: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str], *,
                   eps_max: float = 0.1, k: int = 5):
     """An ipywidgets explorer: pick an image, slide eps, switch convention; shows the original, the
-    perturbation, the adversarial image and its top-k bars. images: (N, C, H, W) in [0, 1]."""
+    perturbation, the adversarial image and its top-k bars. images: (N, C, H, W) in [0, 1].
+
+    In a batch run (``$NBUTILS_BATCH`` set, as in a sweep's runs) it prints a note and returns None:
+    no one can move the sliders there, and nbclient can hang on a live widget's first update
+    (jupyter/nbclient#312)."""
+    if os.environ.get(BATCH_ENV):
+        print(f"live explorer skipped: a batch run (${BATCH_ENV} is set)")
+        return None
     import ipywidgets as widgets
     from IPython.display import display
 

@@ -47,6 +47,7 @@ import pandas as pd
 from .batching import progress_bar
 from .chapter import default_cache_dir, display_path
 from .files import atomic_write_text, project_root
+from .plots import BATCH_ENV
 
 SPEC_KEYS = {"notebook", "parameters", "grid", "runs", "seeds", "name"}
 #: Parameters a sweep sets itself in every run: its results folder.
@@ -235,7 +236,8 @@ def execute_run(notebook: str, parameters: dict, folder: str, *, kernel: str = "
 
     Waits for the folder's lock; skips a run that another sweep completed meanwhile. Papermill writes
     ``notebook.ipynb`` after each cell, so a failed run keeps its partial notebook; its status holds
-    the failing cell's error. The status is written atomically, last.
+    the failing cell's error. The status is written atomically, last. Sets ``$NBUTILS_BATCH`` in the
+    worker, for its kernels (no live widgets in a batch run: see :func:`nbutils.plots.fgsm_explorer`).
     """
     import papermill
 
@@ -249,6 +251,7 @@ def execute_run(notebook: str, parameters: dict, folder: str, *, kernel: str = "
         started = time.time()
         status = {"worker": f"{socket.gethostname()}:{os.getpid()}", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         try:
+            os.environ[BATCH_ENV] = "1"  # inherited by the kernel: a run in a worker is a batch run
             papermill.execute_notebook(notebook, str(folder / "notebook.ipynb"),
                                        parameters={**parameters, "results_dir": str(results)},
                                        cwd=str(Path(notebook).parent), kernel_name=kernel, progress_bar=False,

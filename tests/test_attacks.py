@@ -288,6 +288,14 @@ def test_the_fgsm_explorer_draws_without_error():
         widget.f(1, 0.05, convention)  # the callback the sliders call; an error here is invisible in the page
 
 
+def test_the_fgsm_explorer_is_skipped_in_a_batch_run(monkeypatch, capsys):
+    from nbutils.plots import BATCH_ENV, fgsm_explorer
+    monkeypatch.setenv(BATCH_ENV, "1")
+    x, y = images_and_labels(50, 2)
+    assert fgsm_explorer(MODEL, x, y, [str(i) for i in range(10)]) is None
+    assert "skipped" in capsys.readouterr().out
+
+
 # ---------------------------------------------------------------------------------------------
 # Chapter 5's attacks: BIM, iterative L2, DeepFool
 

@@ -138,6 +138,7 @@ def test_a_sweep_runs_every_point_records_a_failure_and_aggregates_with_paramete
     expected = sorted((x, s, k, y) for x in (1.0, 2.0) for s in (0, 3) for k, y in ((1, x * s), (2, x + 1.0)))
     assert sorted(probe[["x", "seed", "k", "y"]].itertuples(index=False, name=None)) == expected
     assert result["echo"].pipe(lambda t: (t["x"] == t["param_x"]).all())  # a clashing name gets param_
+    assert (result["echo"].batch.astype(str) == "1").all()  # the kernels know they are batch runs
     assert sorted(result["runs"].state) == ["done"] * 4 + ["failed"] * 2
 
     tables = tmp_path / "out" / "tables"
