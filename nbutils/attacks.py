@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .batching import model_device, run_batched
-from .checks import (check_choice, check_eps, check_epsilons, check_flag, check_model_fits, check_positive_int,
+from .checks import (check_choice, check_eps, check_epsilons, check_flag, check_k, check_model_fits, check_positive_int,
                      check_positive_number, check_seed, checked_inputs)
 
 CONVENTIONS = ("pixel", "normalised")
@@ -256,8 +256,7 @@ def fgsm_sweep(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, 
     """
     images, labels, unit, upper = _check_convention(model, images, labels, convention, batch_size)
     epsilons = check_epsilons(epsilons, upper=upper)
-    if check_positive_int(k, "k") > (classes := check_model_fits(model, images)):
-        raise ValueError(f"k must be at most the model's {classes} classes, got {k}")
+    check_k(k, check_model_fits(model, images))
     kernel = partial(fgsm_sweep_kernel, model, epsilons=epsilons, unit=unit, clamp=convention == "pixel", k=k,
                      targeted=check_flag(targeted, "targeted"), loss_fn=check_loss(loss, temperature),
                      return_images=check_flag(return_images, "return_images"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -21,9 +22,9 @@ from torch import nn
 from .attacks import input_gradient
 from .batching import model_device, module_mode, run_batched
 from .checks import check_eps, check_model_fits, check_positive_int, check_seed, checked_inputs
-from .files import load_state, save_state, settings_key, state_digest, tensor_digest
+from .files import settings_key, state_digest, tensor_digest
 from .metrics import _predict
-from .train import fit
+from .train import cached_module, fit
 
 
 def _label_probability(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -106,20 +107,16 @@ def train_substitute(substitute: nn.Module, oracle: nn.Module, images: torch.Ten
     check_model_fits(oracle, images, name="images (for the oracle)")
     settings = dict(rounds=check_positive_int(rounds, "rounds"), lam=check_eps(lam, name="lam"),
                     epochs=check_positive_int(epochs, "epochs"), batch_size=batch_size, lr=lr, seed=check_seed(seed))
-    path = None
-    if cache_dir is not None:
-        key = dict(settings, substitute=getattr(substitute, "name", type(substitute).__name__),
-                   init=state_digest(substitute), oracle=state_digest(oracle), images=tensor_digest(images),
-                   labels=tensor_digest(labels), val=tensor_digest(val_images), device=model_device(substitute).type)
-        path = os.path.join(cache_dir, settings_key(f"substitute_{key['substitute']}_seed{seed}", key))
-        if os.path.isfile(path):
-            state = load_state(path)
-            substitute.load_state_dict(state["model"])
-            substitute.eval()
-            return SubstituteHistory(state["history"], from_cache=True)
     device = model_device(substitute)
-    history = _train_rounds(substitute, oracle, images.to(device), labels.to(device), val_images.to(device),
-                            val_labels.to(device), **settings)
-    if path is not None:
-        save_state({"model": substitute.state_dict(), "history": history.rows}, path)
-    return history
+
+    def train() -> SubstituteHistory:
+        return _train_rounds(substitute, oracle, images.to(device), labels.to(device), val_images.to(device),
+                             val_labels.to(device), **settings)
+
+    if cache_dir is None:
+        return train()
+    key = dict(settings, substitute=getattr(substitute, "name", type(substitute).__name__),
+               init=state_digest(substitute), oracle=state_digest(oracle), images=tensor_digest(images),
+               labels=tensor_digest(labels), val=tensor_digest(val_images), device=device.type)
+    path = Path(cache_dir) / settings_key(f"substitute_{key['substitute']}_seed{seed}", key)
+    return cached_module(path, key, substitute, train, SubstituteHistory)

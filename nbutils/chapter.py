@@ -107,12 +107,14 @@ def start(chapter: str, profiles: Mapping[str, dict], namespace: Mapping, *, cac
     chapter: the notebook's stem; profiles: {profile: {parameter: default}}; namespace: the
     notebook's ``globals()``, holding ``profile`` and every parameter of the profiles (None: the
     profile's value). Parameters ``device``, ``seed``, ``data_dir``, ``results_dir`` and (with
-    ``cache``, the cache's kind, e.g. "models") ``cache_dir`` are acted on here. A bad value stops
-    the run with an error naming the parameter (see :func:`nbutils.params.settle`). expected: the
+    ``cache``, the cache's kind, e.g. "models") ``cache_dir`` are acted on here. A bad value, or
+    parameters that disagree, stop the run with an error naming the parameter (see
+    :func:`nbutils.params.settle` and :data:`nbutils.params.AGREEMENTS`), before any data is loaded. expected: the
     measured run time by (profile, device type), printed before the work starts.
     """
     profile = params.check_choice(namespace.get("profile"), list(profiles), "profile")
     cfg = params.settle(profiles, profile, **{name: namespace.get(name) for name in profiles[profile]})
+    params.AGREEMENTS.get(chapter, lambda cfg: None)(cfg)
     if getattr(cfg, "data_dir", ""):
         add_data_root(cfg.data_dir)
     if hasattr(cfg, "seed"):  # a page that only gathers runs (the sweeps) has none

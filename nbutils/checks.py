@@ -7,7 +7,7 @@ inside a forward pass.
 from __future__ import annotations
 
 import math
-from numbers import Real
+from numbers import Integral, Real
 from typing import Sequence
 
 import torch
@@ -47,6 +47,39 @@ def check_labels(labels, n: int, *, name: str = "labels", num_classes: int | Non
         bound = f"[0, {num_classes})" if num_classes is not None else "[0, inf)"
         raise ValueError(f"{name} must lie in {bound}, got min {labels.min().item()}, max {labels.max().item()}")
     return labels.clone().long() if labels.is_inference() else labels.long()
+
+
+def check_logits(logits, *, name: str = "logits") -> torch.Tensor:
+    """A float tensor of shape (N, K), N and K > 0, with finite values (NaN logits are a diverged
+    model, not a 100 % error)."""
+    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point torch.Tensor of shape (N, K), got "
+                        f"{getattr(logits, 'dtype', type(logits).__name__)}")
+    if logits.ndim != 2 or 0 in logits.shape:
+        raise ValueError(f"{name} must have shape (N, K) with N, K > 0, got {tuple(logits.shape)}")
+    if not torch.isfinite(logits).all():
+        raise ValueError(f"{name} contain NaN or infinite values (a diverged model or a NaN input)")
+    return logits
+
+
+def check_k(k, num_classes: int, name: str = "k") -> int:
+    """An int in [1, num_classes]: how many of the largest scores count."""
+    if check_positive_int(k, name) > num_classes:
+        raise ValueError(f"{name} must be at most the {num_classes} classes, got {k}")
+    return k
+
+
+def check_indices(indices, size: int, name: str) -> list[int]:
+    """A sequence of Python (or numpy) ints, each in [0, size): positions in a dataset of ``size`` items."""
+    if isinstance(indices, (str, bytes)) or not isinstance(indices, (Sequence, range, torch.Tensor)):
+        raise TypeError(f"{name} must be a sequence of ints, got {type(indices).__name__}")
+    values = indices.tolist() if isinstance(indices, torch.Tensor) else list(indices)
+    for i, value in enumerate(values):
+        if isinstance(value, bool) or not isinstance(value, Integral):
+            raise TypeError(f"{name}[{i}] must be an int, got {type(value).__name__} {value!r}")
+        if not 0 <= value < size:
+            raise ValueError(f"{name}[{i}] must lie in [0, {size}), got {value}")
+    return [int(v) for v in values]
 
 
 def check_eps(eps, *, name: str = "eps", upper: float | None = None) -> float:
@@ -123,11 +156,15 @@ def check_model_fits(model, images: torch.Tensor, *, name: str = "images") -> in
     raises ValueError naming ``name`` instead of a torch error from deep inside a forward pass."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    weight = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if weight is not None and images.dtype != weight.dtype:
+        raise ValueError(f"{name} have dtype {images.dtype} but the model's weights are {weight.dtype}; "
+                        f"convert them with {name}.to({weight.dtype})")
     try:
         with module_mode(model, training=False), torch.inference_mode():
             logits = model(images[:1].to(model_device(model)))
     except (RuntimeError, ValueError, TypeError, IndexError) as err:
-        raise ValueError(f"{name} of shape {tuple(images.shape)} and dtype {images.dtype} do not fit the model "
+        raise ValueError(f"{name} of shape {tuple(images.shape)} do not fit the model "
                          f"({type(model).__name__}): {str(err).splitlines()[0]}") from err
     if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
         raise ValueError(f"the model must return logits of shape (N, K) for {name}, got "

@@ -8,8 +8,8 @@ images in [0, 1] of shape (N, C, H, W), int64 labels, and class names in label o
 """
 from __future__ import annotations
 
-import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -27,8 +27,8 @@ from PIL import Image
 from torchvision.transforms import functional as TF
 
 from .batching import split_indices
-from .checks import check_choice
-from .files import atomic_path, project_root, sha256_file
+from .checks import check_choice, check_indices
+from .files import project_root, sha256_file
 
 ENV_VAR = "NBUTILS_DATA"
 IMAGENET_SAMPLE_URL = "https://github.com/EliSchwartz/imagenet-sample-images/archive/refs/heads/master.zip"
@@ -102,9 +102,13 @@ def data_roots() -> list[Path]:
 def read_checksums(sums_file: Path) -> dict[str, str]:
     """``{relative path: sha256}`` from a ``sha256sum``-format file."""
     entries = {}
-    for line in sums_file.read_text().splitlines():
+    for number, line in enumerate(sums_file.read_text().splitlines(), start=1):
         if line.strip():
-            digest, rel = line.split(maxsplit=1)
+            fields = line.split(maxsplit=1)
+            if len(fields) != 2 or len(fields[0]) != 64 or any(c not in "0123456789abcdefABCDEF" for c in fields[0]):
+                raise ValueError(f"{sums_file}, line {number}: expected '<64 hex digits>  <relative path>' "
+                                 f"(sha256sum format), got {line[:100]!r}")
+            digest, rel = fields
             entries[rel.lstrip("*")] = digest.lower()
     return entries
 
@@ -226,6 +230,8 @@ class DatasetSpec:
     archive_folder: the archive's top folder, renamed to ``folder`` when it is named otherwise.
     fetch: a callable taking the download root, used instead of ``url`` (torchvision's MNIST).
     validate: a callable raising ValueError when a found folder has the wrong structure.
+    check_unvouched: a callable raising ValueError naming a truncated or corrupt file, for a folder
+    no checksum file vouches for (e.g. idx files shorter than their headers announce).
     """
 
     name: str
@@ -236,6 +242,7 @@ class DatasetSpec:
     archive_folder: str | None = None
     fetch: Callable[[Path], None] | None = None
     validate: Callable[[Path], None] | None = None
+    check_unvouched: Callable[[Path], None] | None = None
     how_to_get: str = ""
 
 
@@ -247,11 +254,35 @@ def _torchvision_fetch(cls_name: str) -> Callable[[Path], None]:
     return fetch
 
 
+IDX_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+
+
 def _validate_idx_folder(folder: Path) -> None:
-    names = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
-    missing = [n for n in names if not (folder / "raw" / n).is_file()]
+    missing = [n for n in IDX_FILES if not (folder / "raw" / n).is_file()]
     if missing:
         raise ValueError(f"{folder}/raw lacks {missing}")
+
+
+def _check_idx_lengths(folder: Path) -> None:
+    for name in IDX_FILES:
+        _check_idx_length(folder / "raw" / name)
+
+
+def _check_idx_length(path: Path) -> None:
+    """An idx file (MNIST's format: 2 zero bytes, a type code, the rank, one big-endian uint32 per
+    dimension, then the data) must be as long as its header says; a truncated copy is named."""
+    itemsize = {0x08: 1, 0x09: 1, 0x0B: 2, 0x0C: 4, 0x0D: 4, 0x0E: 8}
+    with open(path, "rb") as f:
+        head = f.read(4)
+        dims = f.read(4 * head[3]) if len(head) == 4 else b""
+    if len(head) < 4 or head[:2] != b"\0\0" or head[2] not in itemsize or len(dims) != 4 * head[3]:
+        raise ValueError(f"{path} is not an idx file (bad header); restore it from its source")
+    expected = 4 + len(dims) + itemsize[head[2]] * math.prod(int.from_bytes(dims[i:i + 4], "big")
+                                                            for i in range(0, len(dims), 4))
+    actual = path.stat().st_size
+    if actual != expected:
+        raise ValueError(f"{path} holds {actual} bytes but its header announces {expected}: the copy is "
+                         "truncated or corrupt; restore it from its source")
 
 
 def _validate_tiny_imagenet(folder: Path) -> None:
@@ -275,10 +306,11 @@ def _validate_imagenet_sample(folder: Path) -> None:
 DATASETS: dict[str, DatasetSpec] = {
     "mnist": DatasetSpec(
         "mnist", "MNIST", sums=("SHA256SUMS", "MNIST/", "root"), fetch=_torchvision_fetch("MNIST"),
-        validate=_validate_idx_folder, how_to_get="the four uncompressed idx files in MNIST/raw/"),
+        validate=_validate_idx_folder, check_unvouched=_check_idx_lengths,
+        how_to_get="the four uncompressed idx files in MNIST/raw/"),
     "fashion-mnist": DatasetSpec(
         "fashion-mnist", "FashionMNIST", sums=("SHA256SUMS", "FashionMNIST/", "root"),
-        fetch=_torchvision_fetch("FashionMNIST"), validate=_validate_idx_folder,
+        fetch=_torchvision_fetch("FashionMNIST"), validate=_validate_idx_folder, check_unvouched=_check_idx_lengths,
         how_to_get="the four uncompressed idx files in FashionMNIST/raw/"),
     "imagenet-sample": DatasetSpec(
         "imagenet-sample", "imagenet-sample", sums=("imagenet-sample.SHA256SUMS", "", "folder"),
@@ -309,6 +341,8 @@ def _check_found(spec: DatasetSpec, root: Path) -> Resolved:
     if spec.sums is not None and (root / spec.sums[0]).is_file():
         sums_file, prefix, relative_to = spec.sums
         verified = verify_checksums(root / sums_file, root if relative_to == "root" else folder, prefix)
+    if not verified and spec.check_unvouched is not None:
+        spec.check_unvouched(folder)
     return Resolved(folder, verified)
 
 
@@ -358,14 +392,19 @@ def imagenet_class_names() -> list[str]:
 
 
 def load_image(path: Path, *, resize: int | None = 256, crop: int | None = 224) -> torch.Tensor:
-    """One RGB image as a (3, crop, crop) float tensor in [0, 1]: PIL bilinear Resize then CenterCrop."""
-    with Image.open(path) as img:
-        img = img.convert("RGB")
-        if resize is not None:
-            img = TF.resize(img, resize, interpolation=TF.InterpolationMode.BILINEAR)
-        if crop is not None:
-            img = TF.center_crop(img, crop)
-        return TF.pil_to_tensor(img).float().div_(255)
+    """One RGB image as a (3, crop, crop) float tensor in [0, 1]: PIL bilinear Resize then CenterCrop.
+    A file that is not a whole image raises ValueError naming it."""
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as err:  # PIL: truncated, corrupt or not an image
+        raise ValueError(f"cannot read image {path}: {err}. The file is truncated or corrupt; restore it "
+                         "from its source (the data README says where each dataset comes from).") from err
+    if resize is not None:
+        img = TF.resize(img, resize, interpolation=TF.InterpolationMode.BILINEAR)
+    if crop is not None:
+        img = TF.center_crop(img, crop)
+    return TF.pil_to_tensor(img).float().div_(255)
 
 
 def _load_files(files: Sequence[Path], resize: int | None, crop: int | None) -> torch.Tensor:
@@ -385,9 +424,7 @@ def imagenet_sample(*, classes: Sequence[int] | None = None, resize: int | None 
     if len(wnids) != 1000 or len(files) != 1000:
         raise ValueError(f"{found.path} must hold 1000 images of 1000 distinct classes, found "
                          f"{len(files)} images of {len(wnids)} classes")
-    index = list(range(1000)) if classes is None else [int(c) for c in classes]
-    if any(not 0 <= c < 1000 for c in index):
-        raise ValueError(f"classes must be ImageNet indices in [0, 1000), got {index}")
+    index = list(range(1000)) if classes is None else check_indices(classes, 1000, "classes")
     chosen = [files[c] for c in index]  # files sorted by wnid = ImageNet index order
     return LabelledImages(_load_files(chosen, resize, crop), torch.tensor(index, dtype=torch.long),
                           imagenet_class_names(), "imagenet-sample", str(found.path), found.checksums_verified,
@@ -462,7 +499,8 @@ def digits(name: str, train: bool = True, *, download: bool = False) -> Labelled
     return _idx_dataset(DIGIT_DATASETS[name], name, train, download)
 
 
-IMAGENET_SUBSETS = ("tiny-imagenet", "imagenet-sample")
+#: The ImageNet subsets by name: their number of images.
+IMAGENET_SUBSETS = {"tiny-imagenet": 5000, "imagenet-sample": 1000}
 
 
 def imagenet_subset(name: str, *, n_images: int = 0, resize: int | None = 256, crop: int | None = 224,
@@ -472,9 +510,9 @@ def imagenet_subset(name: str, *, n_images: int = 0, resize: int | None = 256, c
     "tiny-imagenet" is pre-cropped to 224 (no resize, as in the tutorial); "imagenet-sample" is
     resized and centre-cropped to the model's eval sizes ``resize``/``crop``.
     """
-    check_choice(name, IMAGENET_SUBSETS, "dataset")
-    if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 0:
-        raise ValueError(f"n_images must be an int >= 0 (0: all), got {n_images!r}")
+    check_choice(name, list(IMAGENET_SUBSETS), "dataset")
+    if isinstance(n_images, bool) or not isinstance(n_images, int) or not 0 <= n_images <= IMAGENET_SUBSETS[name]:
+        raise ValueError(f"n_images must be an int in [0, {IMAGENET_SUBSETS[name]}] for {name} (0: all), got {n_images!r}")
     if name == "tiny-imagenet":
         return tiny_imagenet(indices=range(n_images) if n_images else None, download=download)
     return imagenet_sample(classes=range(n_images) if n_images else None, resize=resize, crop=crop, download=download)

@@ -7,11 +7,15 @@ import hashlib
 import json
 import os
 import tempfile
+import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 
 def project_root() -> Path | None:
@@ -90,3 +94,66 @@ def save_state(state: dict, path: str | os.PathLike) -> Path:
 def load_state(path: str | os.PathLike) -> dict:
     """Load what :func:`save_state` wrote, onto the CPU, with ``weights_only=True``."""
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+#: The key under which a cache entry records the settings it was made with.
+ENTRY_SETTINGS = "cache_settings"
+
+
+def _settings_json(settings: dict) -> str:
+    return json.dumps(settings, sort_keys=True, default=str)
+
+
+def _settings_difference(recorded, wanted: str) -> str:
+    """What differs between the settings an entry records and those asked for, e.g. "target: 5, asked 3"."""
+    if not isinstance(recorded, str):
+        return "it records no settings"
+    old, new = json.loads(recorded), json.loads(wanted)
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return "it was made with other settings: " + "; ".join(f"{k}: {old.get(k)!r}, asked {new.get(k)!r}" for k in keys)
+
+
+def set_aside(path: Path, reason: str) -> Path:
+    """Move an unusable cache entry to ``<path>.bad-<time>`` (kept for a post-mortem, never read
+    again), warn naming both paths and the reason, and return the new path."""
+    aside = path.with_name(f"{path.name}.bad-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+    os.replace(path, aside)
+    warnings.warn(f"cache entry {path} is unusable ({reason}); moved to {aside.name} and recomputed", RuntimeWarning,
+                  stacklevel=3)
+    return aside
+
+
+def cached(path: str | os.PathLike, settings: dict, compute: Callable[[], tuple[T, dict]],
+           restore: Callable[[dict], T]) -> tuple[T, bool]:
+    """A value kept on disk by its settings: ``restore(state)`` of the entry at ``path`` when it holds
+    these ``settings``, else ``compute()`` -> (value, state to save), saved atomically with the settings.
+
+    An entry that cannot be read (truncated, corrupt, not tensors-only: ``weights_only`` refuses a
+    pickle payload), that records other settings (swapped or renamed) or that ``restore`` rejects
+    (another model's weights) is moved aside (:func:`set_aside`) and recomputed. Returns (value,
+    True if it came from the entry).
+    """
+    path, wanted = Path(path), _settings_json(settings)
+    if path.is_file():
+        try:
+            state = load_state(path)
+            if not isinstance(state, dict) or state.get(ENTRY_SETTINGS) != wanted:
+                raise ValueError(_settings_difference(state.get(ENTRY_SETTINGS) if isinstance(state, dict) else None,
+                                                      wanted))
+            return restore({k: v for k, v in state.items() if k != ENTRY_SETTINGS}), True
+        except Exception as err:  # any unreadable or mismatched entry: set it aside, never trust it
+            set_aside(path, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300])
+    value, state = compute()
+    save_state({**state, ENTRY_SETTINGS: wanted}, path)
+    return value, False
+
+
+def restore_module(module: torch.nn.Module, state: dict) -> torch.nn.Module:
+    """Load ``state`` into ``module`` only when it has exactly the module's keys and shapes (else
+    ValueError, with the module untouched: ``load_state_dict`` would have copied part of it)."""
+    own = module.state_dict()
+    if set(state) != set(own) or any(tuple(state[k].shape) != tuple(v.shape) for k, v in own.items()):
+        raise ValueError(f"its weights do not fit {getattr(module, 'name', type(module).__name__)} "
+                         f"(other keys or shapes)")
+    module.load_state_dict(state)
+    return module

@@ -12,8 +12,8 @@ from torch import nn
 
 from .attacks import fgsm_sweep, input_gradient
 from .batching import dropout_on, model_device, module_mode, progress_bar, run_batched
-from .checks import (check_choice, check_epsilons, check_images, check_labels, check_model_fits, check_positive_int,
-                     check_positive_number, check_seed, checked_inputs)
+from .checks import (check_choice, check_epsilons, check_images, check_k, check_labels, check_logits, check_model_fits,
+                     check_positive_int, check_positive_number, check_seed, checked_inputs)
 
 
 def predict(model: nn.Module, images: torch.Tensor, *, batch_size: int = 128, progress: bool = False) -> torch.Tensor:
@@ -38,12 +38,14 @@ def _predict(model: nn.Module, images: torch.Tensor, *, batch_size: int, progres
 
 def topk_probabilities(logits: torch.Tensor, k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax probabilities and class indices of the k most likely classes, each (N, k)."""
+    check_k(k, check_logits(logits).shape[1])
     probs, index = logits.softmax(dim=1).topk(k, dim=1)
     return probs, index
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
-    """(N,) bool: the label is among the k largest logits."""
+    """(N,) bool: the label is among the k largest logits. logits: (N, K) finite; 1 <= k <= K."""
+    check_k(k, check_logits(logits).shape[1])
     labels = check_labels(labels, logits.shape[0], num_classes=logits.shape[1]).to(logits.device)
     return (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1)
 
@@ -57,6 +59,7 @@ def topk_table(logits: torch.Tensor, labels: torch.Tensor, class_names: Sequence
     """Tidy top-k predictions: one row per (image, rank) with image (position), true_class, rank
     (1 = most likely), class and confidence (softmax probability)."""
     probs, index = topk_probabilities(logits, k)
+    labels = check_labels(labels, logits.shape[0], num_classes=len(class_names))
     return pd.DataFrame([{"image": i, "true_class": class_names[int(labels[i])], "rank": r + 1,
                           "class": class_names[int(index[i, r])], "confidence": float(probs[i, r])}
                          for i in range(logits.shape[0]) for r in range(k)])
@@ -259,7 +262,7 @@ def robustness_table(models: Mapping[str, nn.Module], attacks: Mapping[str, Call
                 if not isinstance(adversarial, torch.Tensor) or adversarial.shape != images.shape:
                     raise ValueError(f"attack {attack!r} returned {type(adversarial).__name__} "
                                      f"{tuple(getattr(adversarial, 'shape', ()))}, not images of shape {tuple(images.shape)}")
-                check_images(adversarial, name=f"the images attack {attack!r} returned", pixel_range=False)
+                check_images(adversarial, name=f"the output of attack {attack!r} on {defence!r}", pixel_range=False)
                 right = _predict(model, adversarial, batch_size=batch_size).argmax(1) == labels
                 turned = clean_right & ~right
                 delta = (adversarial - images).flatten(1).cpu()[turned]

@@ -18,7 +18,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .checks import check_choice
+from .batching import default_device
+from .checks import check_choice, check_seed
 from .data import imagenet_class_names
 from .files import sha256_file
 
@@ -325,6 +326,8 @@ def mnist_model(name: str = "net", *, seed: int = 0, device: str | torch.device 
     (the paper's), "student" (the source's halved distilled net), "simple_cnn" (chapter 4's), "model_e"
     or "model_f" (chapter 5's). Pixels in [0, 1], no normalisation (as in the sources)."""
     check_choice(name, list(MNIST_MODELS), "MNIST model name")
+    check_seed(seed)
+    device = default_device(device) if isinstance(device, str) else device
     torch.manual_seed(seed)
     return Classifier(MNIST_MODELS[name](), [0.0], [1.0], name=f"mnist_{name}", weights_id=f"init-seed{seed}",
                       class_names=[str(d) for d in range(10)], resize=None, crop=None).to(device)

@@ -31,7 +31,7 @@ from torch import nn
 
 from .batching import model_device, module_mode, progress_bar, run_batched, split_indices
 from .checks import check_flag, check_images, check_positive_int, check_seed, checked_inputs
-from .files import load_state, save_state, settings_key, tensor_digest
+from .files import cached, settings_key, tensor_digest
 
 #: The main paper's five patch targets (Tables VII-XII) and their ImageNet class indices.
 PAPER_TARGETS = {"saltshaker": 773, "soap dispenser": 804, "digital clock": 530, "piggy bank": 719, "toaster": 859}
@@ -104,7 +104,11 @@ def random_positions(n: int, image_size: tuple[int, int], size: int, generator: 
 
     Drawn on the CPU from ``generator``, so a seed fixes them whatever the device.
     """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be an int >= 0, got {n!r}")
     h, w = image_size
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= min(h, w):
+        raise ValueError(f"size must be an int in [1, {min(h, w)}] (the patch must fit the {h}x{w} image), got {size!r}")
     top = torch.randint(0, h - size + 1, (n,), generator=generator)
     left = torch.randint(0, w - size + 1, (n,), generator=generator)
     return torch.stack([top, left], dim=1)
@@ -331,16 +335,6 @@ def patch_key(model_id: str, target: int, size: int, seed: int, settings: dict) 
     return settings_key(f"{model_id.split(':')[0]}_t{target}_s{size}_seed{seed}", {"model": model_id, **settings})
 
 
-def save_patch(trained: TrainedPatch, path: Path) -> Path:
-    """Atomically save a :class:`TrainedPatch` (temporary file, then rename)."""
-    return save_state(trained.to_state(), path)
-
-
-def load_patch(path: Path) -> TrainedPatch:
-    """Load a saved patch with ``torch.load(..., weights_only=True)``."""
-    return TrainedPatch.from_state(load_state(path))
-
-
 def cached_patch(cache_dir: str | os.PathLike, model: nn.Module, images: torch.Tensor, target: int, size: int,
                  *, seed: int = 0, **train_kwargs) -> tuple[TrainedPatch, bool]:
     """Load the patch for these settings from ``cache_dir`` if present, else train and save it.
@@ -352,11 +346,12 @@ def cached_patch(cache_dir: str | os.PathLike, model: nn.Module, images: torch.T
     settings = {"target": target, "size": size, "seed": seed, "images": tensor_digest(images),
                 **{k: str(v) for k, v in sorted(train_kwargs.items()) if k != "progress"}}
     path = Path(cache_dir) / patch_key(model_id, target, size, seed, settings)
-    if path.is_file():
-        return load_patch(path), True
-    trained = train_patch(model, images, target, size, seed=seed, **train_kwargs)
-    save_patch(trained, path)
-    return trained, False
+
+    def train() -> tuple[TrainedPatch, dict]:
+        trained = train_patch(model, images, target, size, seed=seed, **train_kwargs)
+        return trained, trained.to_state()
+
+    return cached(path, settings, train, TrainedPatch.from_state)
 
 
 # ---------------------------------------------------------------------------------------------

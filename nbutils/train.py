@@ -13,7 +13,9 @@ import os
 import time
 import warnings
 from dataclasses import dataclass, field
+from numbers import Real
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 import torch
@@ -21,9 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .batching import batch_slices, model_device, module_mode, progress_bar, run_batched
-from .checks import (check_choice, check_flag, check_model_fits, check_positive_int, check_positive_number, check_seed,
+from .checks import (check_choice, check_eps, check_flag, check_model_fits, check_positive_int, check_positive_number, check_seed,
                      checked_inputs)
-from .files import load_state, save_state, settings_key, state_digest, tensor_digest
+from .files import cached, restore_module, settings_key, state_digest, tensor_digest
 
 
 def soft_cross_entropy(logits: torch.Tensor, soft_targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -133,6 +135,15 @@ def _capture_step(step, model: nn.Module, optimizer: torch.optim.Optimizer, inde
     return graph
 
 
+def _check_betas(betas) -> None:
+    """Adam's (beta1, beta2), each in [0, 1)."""
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+    for i, beta in enumerate(betas):
+        if isinstance(beta, bool) or not isinstance(beta, Real) or not 0 <= beta < 1:
+            raise ValueError(f"betas[{i}] must be a number in [0, 1), got {beta!r}")
+
+
 def _check_soft_targets(soft_targets, shape: tuple[int, int]) -> None:
     """A finite float tensor of probabilities, (N, K)."""
     if not isinstance(soft_targets, torch.Tensor) or not soft_targets.is_floating_point():
@@ -175,6 +186,13 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, val_images
     check_positive_int(epochs, "epochs")
     check_seed(seed)
     check_positive_number(temperature, "temperature")
+    check_eps(lr, name="lr")  # finite, >= 0 (0: a frozen run, e.g. to watch the scheduler)
+    _check_betas(betas)
+    if scheduler_factor is not None and not 0 < check_positive_number(scheduler_factor, "scheduler_factor") < 1:
+        raise ValueError(f"scheduler_factor must lie in (0, 1) (or None: a constant rate), got {scheduler_factor}")
+    check_seed(scheduler_patience, "scheduler_patience")  # an int >= 0
+    check_flag(cuda_graph, "cuda_graph")
+    check_flag(progress, "progress")
     if soft_targets is not None:
         _check_soft_targets(soft_targets, (images.shape[0], check_model_fits(model, images)))
     craft = None
@@ -248,13 +266,25 @@ def cached_fit(cache_dir: str | os.PathLike | None, model: nn.Module, images: to
     settings.update(model=getattr(model, "name", type(model).__name__), init=state_digest(model),
                     device=model_device(model).type)
     path = Path(cache_dir) / settings_key(f"{settings['model']}_seed{settings['seed']}", settings)
-    if path.is_file():
-        state = load_state(path)
-        model.load_state_dict(state["model"])
-        model.eval()
-        return History(state["history"], from_cache=True)
-    history = fit(model, images, labels, val_images, val_labels, **fit_kwargs)
-    save_state({"model": model.state_dict(), "history": history.rows}, path)
-    return history
+    return cached_module(path, settings, model, lambda: fit(model, images, labels, val_images, val_labels, **fit_kwargs))
+
+
+def cached_module(path: Path, settings: dict, model: nn.Module, train: Callable, history_type: type = History):
+    """``train()`` (which trains ``model`` and returns a ``history_type``: rows and ``from_cache``), or
+    the weights and history kept at ``path`` for ``settings`` (see :func:`nbutils.files.cached`: an
+    unusable or mismatched entry is set aside and retrained). A hit loads the weights into ``model``
+    and puts it in eval mode."""
+    def trained():
+        history = train()
+        return history, {"model": model.state_dict(), "history": history.rows}
+
+    def restore(state: dict):
+        rows = state["history"]  # read before touching the model: a bad entry leaves it as it was
+        if not isinstance(rows, list):
+            raise ValueError(f"its history is a {type(rows).__name__}, not a list of rows")
+        restore_module(model, state["model"]).eval()
+        return history_type(rows, from_cache=True)
+
+    return cached(path, settings, trained, restore)[0]
 
 
