@@ -86,7 +86,10 @@ def split_indices(n: int, n_val: int, generator: torch.Generator) -> tuple[torch
 def progress_bar(iterable: Iterable, *, desc: str | None = None, total: int | None = None, enabled: bool = True,
                  leave: bool = True) -> tqdm:
     """A text progress bar on stderr: it shows in a terminal, in a notebook and in papermill's log
-    alike (a widget bar would not reach the log), updated at most every 2 s to keep notebooks small."""
+    alike (a widget bar would not reach the log), updated at most every 2 s to keep notebooks small.
+    enabled: a bool, the public functions' ``progress`` argument (so "no" is refused, not shown)."""
+    if not isinstance(enabled, bool):
+        raise TypeError(f"progress must be True or False, got {type(enabled).__name__} {enabled!r}")
     return tqdm(iterable, desc=desc, total=total, disable=not enabled, leave=leave, file=sys.stderr, mininterval=2.0,
                 dynamic_ncols=False, ncols=100)
 

@@ -125,6 +125,18 @@ def check_positive_number(value, name: str) -> float:
     return float(value)
 
 
+def check_fraction(value, name: str, *, closed_low: bool = False, closed_high: bool = False) -> float:
+    """A real number between 0 and 1: (0, 1) by default, an end included when ``closed_low`` /
+    ``closed_high`` (bools rejected)."""
+    interval = f"{'[' if closed_low else '('}0, 1{']' if closed_high else ')'}"
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a real number in {interval}, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not ((0 <= value if closed_low else 0 < value) and (value <= 1 if closed_high else value < 1)):
+        raise ValueError(f"{name} must lie in {interval}, got {value!r}")
+    return value
+
+
 def check_seed(seed, name: str = "seed") -> int:
     """A Python int >= 0 (bools rejected)."""
     if isinstance(seed, bool) or not isinstance(seed, int):

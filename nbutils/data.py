@@ -376,8 +376,10 @@ def resolve(dataset: str | DatasetSpec, *, download: bool = False, download_root
     else:
         archive = root / f"{spec.folder}.zip"
         digest = download_file(spec.url, archive, sha256=spec.sha256)
-        extract_zip(archive, root, rename={spec.archive_folder: spec.folder} if spec.archive_folder else None)
-        archive.unlink()
+        try:  # a corrupt archive (a transfer cut short with no length announced) is named, then removed
+            extract_zip(archive, root, rename={spec.archive_folder: spec.folder} if spec.archive_folder else None)
+        finally:
+            archive.unlink(missing_ok=True)
     found = _check_found(spec, root)
     return Resolved(found.path, found.checksums_verified or spec.sha256 is not None, digest)
 

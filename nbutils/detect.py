@@ -31,7 +31,6 @@ import time
 import warnings
 from dataclasses import dataclass
 from functools import partial
-from numbers import Real
 from statistics import NormalDist
 from typing import Sequence
 
@@ -42,7 +41,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .batching import default_device, model_device, module_mode, run_batched
-from .checks import check_choice, check_images, check_labels, check_model_fits, check_positive_int, check_seed
+from .checks import (check_choice, check_eps, check_fraction, check_images, check_labels, check_model_fits,
+                     check_positive_int, check_seed)
 from .metrics import wilson_interval
 
 COVARIANCE_TYPES = ("full", "diag", "spherical")
@@ -614,24 +614,6 @@ def _as_classes(classes, n: int, n_classes: int | None, name: str) -> torch.Tens
     return check_labels(classes, n, name=name, num_classes=n_classes)
 
 
-def _check_non_negative(value, name: str) -> float:
-    """A finite real number >= 0 (bools rejected)."""
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    if not 0 <= float(value) < math.inf:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
-def _check_fraction(value, name: str) -> float:
-    """A real number strictly between 0 and 1."""
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{name} must be a real number in (0, 1), got {type(value).__name__} {value!r}")
-    if not 0 < float(value) < 1:
-        raise ValueError(f"{name} must lie in (0, 1), got {value!r}")
-    return float(value)
-
-
 def _check_settings(n_components, covariance_type, tol, reg_covar, max_iter, init_params, random_state,
                     device) -> tuple[_EMSettings, int | None, torch.device | None]:
     """The constructor arguments shared by :class:`GaussianMixture` and :class:`GMMDetector`, checked:
@@ -645,8 +627,8 @@ def _check_settings(n_components, covariance_type, tol, reg_covar, max_iter, ini
         raise ValueError(f"max_iter must be >= 0, got {max_iter}")
     if random_state is not None:
         check_seed(random_state, "random_state")
-    settings = _EMSettings(n_components, covariance_type, _check_non_negative(tol, "tol"),
-                           _check_non_negative(reg_covar, "reg_covar"), max_iter, init_params)
+    settings = _EMSettings(n_components, covariance_type, check_eps(tol, name="tol"),
+                           check_eps(reg_covar, name="reg_covar"), max_iter, init_params)
     return settings, random_state, None if device is None else default_device(str(device))
 
 
@@ -952,7 +934,7 @@ class GMMDetector:
         at least 1). Exactly k_c of the n_c training points score >= TH_c (more only on ties): the
         smallest count that is at least the fraction keep. keep = 0.95: ID-95; 0.99: ID-99."""
         self._check_fitted()
-        keep = _check_fraction(keep, "keep")
+        keep = check_fraction(keep, "keep")
         kept = torch.round(keep * self.class_counts_.double(), decimals=6).ceil().long().clamp_min(1)
         return self._sorted_train_scores.gather(1, (self.class_counts_ - kept)[:, None])[:, 0]
 
@@ -1022,7 +1004,7 @@ def delong(clean_scores, adversarial_scores) -> tuple[float, float]:
 def auc_interval(clean_scores, adversarial_scores, level: float = 0.95) -> tuple[float, float]:
     """(low, high) normal confidence interval of the AUC at ``level`` from DeLong's variance
     (:func:`delong`), clipped to [0, 1]."""
-    level = _check_fraction(level, "level")
+    level = check_fraction(level, "level")
     auc, variance = delong(clean_scores, adversarial_scores)
     half = NormalDist().inv_cdf(0.5 + level / 2) * math.sqrt(variance)
     return max(0.0, auc - half), min(1.0, auc + half)

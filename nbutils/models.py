@@ -327,6 +327,8 @@ def mnist_model(name: str = "net", *, seed: int = 0, device: str | torch.device 
     or "model_f" (chapter 5's). Pixels in [0, 1], no normalisation (as in the sources)."""
     check_choice(name, list(MNIST_MODELS), "MNIST model name")
     check_seed(seed)
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device must be a str or torch.device, got {type(device).__name__} {device!r}")
     device = default_device(device) if isinstance(device, str) else device
     torch.manual_seed(seed)
     return Classifier(MNIST_MODELS[name](), [0.0], [1.0], name=f"mnist_{name}", weights_id=f"init-seed{seed}",

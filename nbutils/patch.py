@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .batching import model_device, module_mode, progress_bar, run_batched, split_indices
-from .checks import check_flag, check_images, check_positive_int, check_seed, checked_inputs
+from .checks import (check_flag, check_fraction, check_images, check_positive_int, check_positive_number, check_seed,
+                     checked_inputs)
 from .files import cached, settings_key, tensor_digest
 
 #: The main paper's five patch targets (Tables VII-XII) and their ImageNet class indices.
@@ -217,10 +218,12 @@ def train_patch(model: nn.Module, images: torch.Tensor, target: int, size: int, 
     check_positive_int(epochs, "epochs")
     check_positive_int(batch_size, "batch_size")
     check_seed(seed)
+    check_positive_number(lr, "lr")
+    check_fraction(momentum, "momentum", closed_low=True)
+    check_fraction(val_fraction, "val_fraction", closed_low=True)
+    check_flag(progress, "progress")
     device = model_device(model)
     generator = torch.Generator().manual_seed(seed)
-    if not 0 <= val_fraction < 1:
-        raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction}")
     train_index, val_index = split_indices(images.shape[0], round(images.shape[0] * val_fraction), generator)
     steps = len(train_index) // batch_size
     if steps == 0:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .batching import batch_slices, model_device, module_mode, progress_bar, run_batched
-from .checks import (check_choice, check_eps, check_flag, check_model_fits, check_positive_int, check_positive_number, check_seed,
+from .checks import (check_choice, check_eps, check_flag, check_fraction, check_model_fits, check_positive_int, check_positive_number, check_seed,
                      checked_inputs)
 from .files import cached, restore_module, settings_key, state_digest, tensor_digest
 
@@ -188,8 +188,8 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, val_images
     check_positive_number(temperature, "temperature")
     check_eps(lr, name="lr")  # finite, >= 0 (0: a frozen run, e.g. to watch the scheduler)
     _check_betas(betas)
-    if scheduler_factor is not None and not 0 < check_positive_number(scheduler_factor, "scheduler_factor") < 1:
-        raise ValueError(f"scheduler_factor must lie in (0, 1) (or None: a constant rate), got {scheduler_factor}")
+    if scheduler_factor is not None:  # None: a constant rate
+        check_fraction(scheduler_factor, "scheduler_factor")
     check_seed(scheduler_patience, "scheduler_patience")  # an int >= 0
     check_flag(cuda_graph, "cuda_graph")
     check_flag(progress, "progress")
@@ -200,8 +200,7 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, val_images
         if not callable(getattr(attack, "kernel", None)):
             raise TypeError(f"attack must be an nbutils.attacks.Attack (attacks.get(...)), got {type(attack).__name__}")
         check_choice(craft_mode, CRAFT_MODES, "craft_mode")
-        if not 0 < check_positive_number(adversarial_fraction, "adversarial_fraction") <= 1:
-            raise ValueError(f"adversarial_fraction must lie in (0, 1], got {adversarial_fraction}")
+        check_fraction(adversarial_fraction, "adversarial_fraction", closed_high=True)
         craft = attack.kernel(model)
     device = model_device(model)
     x, y = images.to(device), labels.to(device)

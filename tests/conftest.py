@@ -16,6 +16,15 @@ os.environ.setdefault("NBUTILS_DATA", str(ROOT.parent / "shared" / "data"))
 os.environ["NBUTILS_DATA"] = os.pathsep.join(str(Path(p).resolve()) for p in os.environ["NBUTILS_DATA"].split(os.pathsep) if p)
 
 
+@pytest.fixture
+def isolated(tmp_path, monkeypatch):
+    """No mirror, and an empty project data/ folder under tmp_path."""
+    from nbutils import data
+    monkeypatch.setenv("NBUTILS_DATA", str(tmp_path / "mirror"))
+    monkeypatch.setattr(data, "project_data_dir", lambda: tmp_path / "project-data")
+    return tmp_path
+
+
 #: The datasets the tests read; without them the run stops at once (see pytest_sessionstart).
 NEEDED_DATASETS = ("mnist", "fashion-mnist", "imagenet-sample")
 

@@ -17,14 +17,6 @@ from nbutils import data
 
 
 @pytest.fixture
-def isolated(tmp_path, monkeypatch):
-    """No mirror, and an empty project data/ folder under tmp_path."""
-    monkeypatch.setenv("NBUTILS_DATA", str(tmp_path / "mirror"))
-    monkeypatch.setattr(data, "project_data_dir", lambda: tmp_path / "project-data")
-    return tmp_path
-
-
-@pytest.fixture
 def loopback(tmp_path):
     """A threaded HTTP server on 127.0.0.1 serving tmp_path/www; yields its base URL."""
     www = tmp_path / "www"
