@@ -271,3 +271,25 @@ def test_a_swapped_patch_entry_is_caught_by_its_settings_and_recomputed(tmp_path
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert patch.cached_patch(tmp_path, MODEL, X, target=3, size=2, epochs=1, batch_size=2, progress=False)[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Results that are garbage
+
+def test_an_attack_returning_nan_is_named_not_the_callers_images():
+    def broken(model, images, labels):
+        return torch.full_like(images, math.nan)
+    with pytest.raises(ValueError, match=r"the output of attack 'broken' on 'tiny' contains NaN"):
+        metrics.robustness_table({"tiny": MODEL}, {"broken": broken}, X, Y)
+
+
+def test_nan_logits_are_an_error_not_a_100_percent_error_rate():
+    with pytest.raises(ValueError, match="logits contain NaN"):
+        metrics.topk_error(torch.full((4, 10), math.nan), Y)
+
+
+def test_dataset_positions_must_be_ints_in_range():
+    with pytest.raises(TypeError, match=r"classes\[0\] must be an int, got float 2.7"):
+        data.imagenet_sample(classes=[2.7])
+    with pytest.raises(ValueError, match=r"n_images must be an int in \[0, 1000\] for imagenet-sample"):
+        data.imagenet_subset("imagenet-sample", n_images=2000)
