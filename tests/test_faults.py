@@ -253,7 +253,7 @@ def test_a_pickle_payload_is_never_run_and_set_aside(tmp_path):
         def __reduce__(self):
             return (open, (str(marker), "w"))
 
-    set_aside_once(tmp_path / "cache", lambda p: p.write_bytes(pickle.dumps({"model": Payload()})), "UnpicklingError")
+    set_aside_once(tmp_path / "cache", lambda p: p.write_bytes(pickle.dumps({"model": Payload()}, protocol=2)), "UnpicklingError")
     assert not marker.exists()
 
 
