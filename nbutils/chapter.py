@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Mapping
+from typing import Callable, Mapping
 
 import pandas as pd
 import torch
@@ -29,7 +29,8 @@ import torch
 from . import params, report
 from .batching import default_device
 from .data import add_data_root
-from .files import project_root
+from .colab import on_colab
+from .files import cached, project_root, settings_key
 
 RESULTS_ENV = "NBUTILS_RESULTS"
 CACHE_ENV = "NBUTILS_CACHE"
@@ -62,6 +63,18 @@ def default_cache_dir(kind: str) -> Path:
     """``$NBUTILS_CACHE/<kind>``, else ``runs/<kind>``."""
     base = os.environ.get(CACHE_ENV)
     return (Path(base) if base else runs_root()) / kind
+
+
+def deterministic_algorithms(enabled: bool) -> None:
+    """PyTorch's deterministic algorithms on or off: on, a seeded run gives the same numbers on the same
+    device (cuDNN's autotuner off, cuBLAS with a fixed workspace, and an error from any op that has no
+    deterministic version); off, the defaults (faster on a GPU, where e.g. cuDNN's backward may
+    differ from run to run)."""
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(enabled)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = enabled
 
 
 @dataclass
@@ -99,6 +112,25 @@ class ChapterRun:
         report.print_provenance(record)
         return record
 
+    def resumable(self, step: str, settings: Mapping, compute: Callable[[], dict[str, pd.DataFrame]]) -> dict[str, pd.DataFrame]:
+        """The tables of one finished ``step`` (e.g. one model's sweep), kept in the run's cache as soon as
+        ``compute()`` returns them, so a re-run after an interruption (a Colab runtime that died) repeats
+        no finished step. The entry is keyed by the chapter, ``step``, ``settings``, the device type and
+        the package version (:func:`nbutils.files.cached`: a mismatched or unreadable one is recomputed)."""
+        from . import __version__
+        key = {"chapter": self.chapter, "step": step, **settings, "device": self.device.type, "nbutils": __version__}
+        path = self.cache / settings_key(f"{self.chapter}_{step}", key)
+
+        def run_step():
+            tables = compute()
+            return tables, {"tables": {name: table.to_dict("list") for name, table in tables.items()}}
+
+        tables, resumed = cached(path, key, run_step,
+                                 lambda state: {name: pd.DataFrame(columns) for name, columns in state["tables"].items()})
+        if resumed:
+            print(f"{step}: finished in an earlier run, read from {display_path(path)}")
+        return tables
+
 
 def start(chapter: str, profiles: Mapping[str, dict], namespace: Mapping, *, cache: str | None = None,
           expected: Mapping[tuple[str, str], str] | None = None) -> ChapterRun:
@@ -119,6 +151,9 @@ def start(chapter: str, profiles: Mapping[str, dict], namespace: Mapping, *, cac
         add_data_root(cfg.data_dir)
     if hasattr(cfg, "seed"):  # a page that only gathers runs (the sweeps) has none
         torch.manual_seed(cfg.seed)
+    if on_colab() and namespace.get("download") is None and hasattr(cfg, "download"):
+        cfg.download = True  # Colab has the internet: fetch the paper's weights and data
+    deterministic_algorithms(getattr(cfg, "deterministic", False))
     device = default_device(cfg.device)
     results = Path(cfg.results_dir) if getattr(cfg, "results_dir", "") else default_results_dir(profile, chapter)
     results.mkdir(parents=True, exist_ok=True)
@@ -129,6 +164,9 @@ def start(chapter: str, profiles: Mapping[str, dict], namespace: Mapping, *, cac
     run = ChapterRun(chapter, cfg, device, results, cache_dir, time.time(), report.git_commit())
     print(f"{chapter}, profile {profile}: device {device} ({report.device_name(device)}); "
           f"results -> {display_path(results)}" + (f"; cache -> {display_path(cache_dir)}" if cache_dir else ""))
+    if hasattr(cfg, "deterministic"):
+        print("deterministic algorithms " + ("on: seeded runs repeat exactly on this device (slower on a GPU)"
+                                             if cfg.deterministic else "off: seeded GPU runs may differ slightly"))
     print(f"expected run time ({profile} on {device.type}): "
           + (expected or {}).get((profile, device.type), "not measured for this profile and device"))
     return run

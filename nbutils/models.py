@@ -29,6 +29,7 @@ STANDIN_MEAN = (0.498, 0.498, 0.498)  # TF-Lite convention of the stand-in's wei
 STANDIN_STD = (0.502, 0.502, 0.502)
 STANDIN_NAME = "efficientnet_lite0"
 RANDOM_WEIGHTS = "random"
+RANDOM_INIT = "random-init"  # the weights id of an architecture at random initialisation (a dry run)
 
 
 class Classifier(nn.Module):
@@ -57,8 +58,10 @@ class Classifier(nn.Module):
 
     @property
     def label(self) -> str:
-        """Display name; the stand-in says so."""
-        return f"{self.name} (offline stand-in)" if self.stand_in else self.name
+        """Display name; the stand-in and an architecture at random initialisation say so."""
+        if self.stand_in:
+            return f"{self.name} (offline stand-in)"
+        return f"{self.name} (random init)" if self.weights_id == RANDOM_INIT else self.name
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) pixels -> the net's input space. C must be the normalisation's channel count
@@ -158,7 +161,7 @@ def _torchvision_classifier(name: str, weights: str, download: bool, channels_la
     spec = TORCHVISION_MODELS[name]
     net = getattr(tvm, spec.builder)(weights=None)
     if weights == RANDOM_WEIGHTS:
-        return Classifier(net, IMAGENET_MEAN, IMAGENET_STD, name=name, weights_id="random-init",
+        return Classifier(net, IMAGENET_MEAN, IMAGENET_STD, name=name, weights_id=RANDOM_INIT,
                           class_names=imagenet_class_names(), channels_last=channels_last)
     w = getattr(tvm, spec.weights_enum)[weights]
     net.load_state_dict(_torchvision_state_dict(w, download))
@@ -184,7 +187,7 @@ def standin_weights_path() -> Path:
 def _standin_classifier(weights: str, channels_last: bool) -> Classifier:
     import timm
     net = timm.create_model(STANDIN_NAME, pretrained=False)
-    weights_id = "random-init"
+    weights_id = RANDOM_INIT
     if weights != RANDOM_WEIGHTS:
         path = standin_weights_path()
         source = torch.load(path, map_location="cpu", weights_only=True)

@@ -164,7 +164,7 @@ _EPOCHS = _STEPS = _COUNT
 #: The rule of every chapter parameter, by name (a name means the same in every chapter).
 RULES: dict[str, Rule] = {
     # run plumbing (device: checked by nbutils.batching.default_device; paths: any)
-    "device": _ANY, "download": _ANY, "data_dir": _ANY, "results_dir": _ANY, "cache_dir": _ANY,
+    "device": _ANY, "download": _ANY, "deterministic": _ANY, "data_dir": _ANY, "results_dir": _ANY, "cache_dir": _ANY,
     "sweeps_dir": _ANY, "scheduler": _ANY, "workers": Rule(low=0),
     "seed": Rule(low=0), "seeds": Rule(low=0, element=int),
     # data and counts (upper bounds that depend on the dataset: AGREEMENTS and the chapters' own checks)

@@ -3,9 +3,11 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+import torch
 
 from nbutils import chapter, params, report
 
@@ -122,3 +124,30 @@ def test_displayed_paths_name_no_machine_folder(monkeypatch, tmp_path):
     monkeypatch.setenv(chapter.CACHE_ENV, str(tmp_path))
     assert chapter.display_path(tmp_path / "models") == "$NBUTILS_CACHE/models"
     assert chapter.display_path(ROOT / "results" / "paper") == "results/paper"
+
+
+def test_a_resumable_step_runs_once_and_is_read_back_equal(tmp_path, capsys):
+    run = chapter.ChapterRun("99_resume", SimpleNamespace(profile="smoke", seed=0), torch.device("cpu"), tmp_path / "r",
+                             tmp_path / "c", 0.0, None)
+    (tmp_path / "c").mkdir()
+    calls = []
+
+    def step():
+        calls.append(1)
+        return {"t": pd.DataFrame({"eps": [0.0, 0.1], "n": [3, 4], "model": ["a", "b"]})}
+
+    first = run.resumable("m1", {"eps": [0.1]}, step)
+    second = run.resumable("m1", {"eps": [0.1]}, step)
+    assert len(calls) == 1 and "finished in an earlier run" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(first["t"], second["t"])
+    run.resumable("m1", {"eps": [0.2]}, step)  # other settings: another entry
+    assert len(calls) == 2
+
+
+def test_deterministic_algorithms_switch_on_and_off():
+    chapter.deterministic_algorithms(True)
+    try:
+        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+    finally:
+        chapter.deterministic_algorithms(False)
+    assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic
