@@ -1,0 +1,265 @@
+"""Figures that mirror the papers': images with top-k confidence bars, error-versus-eps curves."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use(os.environ.get("MPLBACKEND", "Agg"), force=False)
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from .files import atomic_path  # noqa: E402
+
+BATCH_ENV = "NBUTILS_BATCH"  # set in the kernels of a sweep's runs: no live widgets there
+
+
+def to_hwc(image: torch.Tensor):
+    """(C, H, W) pixels -> (H, W, C) numpy array clipped to [0, 1] for imshow (grey if C == 1)."""
+    array = image.detach().float().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
+    return array[..., 0] if array.shape[-1] == 1 else array
+
+
+def perturbation_image(delta: torch.Tensor) -> torch.Tensor:
+    """(C, H, W) perturbation rescaled to [0, 1] for display: 0.5 is no change, 0 and 1 the largest."""
+    scale = delta.abs().max().clamp_min(1e-12)
+    return delta / (2 * scale) + 0.5
+
+
+def topk_bars(ax, probs: Sequence[float], names: Sequence[str], true_name: str | None = None) -> None:
+    """Horizontal confidence bars, most likely class on top; the true class in a second colour."""
+    probs = [float(p) for p in probs]
+    colours = ["tab:green" if n == true_name else "tab:blue" for n in names]
+    ax.barh(range(len(probs)), probs, color=colours)
+    ax.set_yticks(range(len(probs)), [f"{n} ({p:.4f})" for n, p in zip(names, probs)])
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("confidence")
+
+
+def prediction_grid(images: torch.Tensor, probs: torch.Tensor, indices: torch.Tensor, class_names: Sequence[str],
+                    labels: torch.Tensor, *, originals: torch.Tensor | None = None, title: str = ""):
+    """One row per image: the image and its top-k bars (Fig 1), or, given ``originals``, the
+    original, the perturbation (rescaled), the adversarial image and its bars (Fig 2).
+
+    images: (N, C, H, W); probs, indices: (N, k); labels: (N,). Returns the figure.
+    """
+    n = images.shape[0]
+    panels = 2 if originals is None else 4
+    fig, axes = plt.subplots(n, panels, figsize=(3.2 * panels + 1.5, 2.4 * n), squeeze=False,
+                             gridspec_kw={"width_ratios": [1] * (panels - 1) + [1.6]})
+    for row in range(n):
+        true_name = class_names[int(labels[row])]
+        pictures = [(images[row], true_name)] if originals is None else [
+            (originals[row], f"original: {true_name}"),
+            (perturbation_image(images[row] - originals[row]), "perturbation (rescaled)"),
+            (images[row], "adversarial")]
+        for col, (picture, caption) in enumerate(pictures):
+            axes[row, col].imshow(to_hwc(picture), cmap="gray")
+            axes[row, col].set_title(caption, fontsize=9)
+            axes[row, col].axis("off")
+        topk_bars(axes[row, -1], probs[row].tolist(), [class_names[int(i)] for i in indices[row]], true_name)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def curves(table: pd.DataFrame, *, x: str = "eps", hue: str = "model", style: str | None = None,
+           metrics: Sequence[str] = ("top1_error", "top5_error"), paper: pd.DataFrame | None = None,
+           xlabel: str | None = None, title: str = "", percent: bool = True):
+    """Metrics against ``x``, one panel per metric, one line per ``hue`` (and ``style``) group.
+
+    percent: the metrics are percentages (errors, success rates), drawn from 0 to 100; False for
+    other quantities (losses), on a free axis. paper: optional rows with the same columns, drawn
+    dashed with hollow markers.
+    """
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4), squeeze=False)
+    keys = [hue] + ([style] if style else [])
+    for ax, metric in zip(axes[0], metrics):
+        for key, rows in table.groupby(keys, sort=False):
+            ax.plot(rows[x], rows[metric], marker="o", label=" / ".join(map(str, key if isinstance(key, tuple) else (key,))))
+        if paper is not None:
+            for key, rows in paper.groupby(hue, sort=False):
+                ax.plot(rows[x], rows[metric], linestyle="--", marker="o", mfc="none", label=f"{key} (paper)")
+        ax.set_xlabel(xlabel or x)
+        ax.set_ylabel(metric.replace("_", " ") + (" (%)" if percent else ""))
+        if percent:
+            ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+    axes[0, -1].legend(fontsize=8, loc="best")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def band_curves(table: pd.DataFrame, *, x: str, y: str, low: str, high: str, hue: str, facet: str,
+                xlabel: str | None = None, ylabel: str | None = None, title: str = "", percent: bool = True):
+    """``y`` against ``x`` with a shaded interval [``low``, ``high``]: one panel per ``facet`` value,
+    one line per ``hue`` value (legend under the panels, off the data). percent: values are fractions
+    drawn as 0-100 %. Returns the figure."""
+    scale = 100.0 if percent else 1.0
+    facets = list(dict.fromkeys(table[facet]))
+    fig, axes = plt.subplots(1, len(facets), figsize=(4.2 * len(facets), 3.6), squeeze=False, sharey=True)
+    for ax, value in zip(axes[0], facets):
+        for key, rows in table[table[facet] == value].groupby(hue, sort=False):
+            rows = rows.sort_values(x)
+            line, = ax.plot(rows[x], scale * rows[y], marker="o", markersize=3, label=str(key))
+            ax.fill_between(rows[x], scale * rows[low], scale * rows[high], color=line.get_color(), alpha=0.2)
+        ax.set_title(str(value), fontsize=10)
+        ax.set_xlabel(xlabel or x)
+        ax.grid(alpha=0.3)
+        if percent:
+            ax.set_ylim(-2, 102)
+    axes[0, 0].set_ylabel((ylabel or y) + (" (%)" if percent else ""))
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    return fig
+
+
+def sweep_curves(table: pd.DataFrame, *, x: str, y: str, hue: str | None = None, facet: str | None = None,
+                 xlabel: str | None = None, ylabel: str | None = None, title: str = "", logx: bool = False,
+                 percent: bool = False):
+    """``y`` against a swept parameter ``x``: the mean over the rows of each (``facet``, ``hue``, x)
+    group (the seeds of a sweep) with its 95 % Student-t band (:func:`nbutils.metrics.mean_interval`),
+    one line per ``hue`` value, one panel per ``facet`` value. percent: fractions drawn as 0-100 %."""
+    from .metrics import mean_interval
+
+    scale = 100.0 if percent else 1.0
+    keys = [k for k in (facet, hue) if k]
+    summary = mean_interval(table, keys + [x], y)
+    facets = list(dict.fromkeys(summary[facet])) if facet else [None]
+    fig, axes = plt.subplots(1, len(facets), figsize=(4.6 * len(facets), 3.6), squeeze=False, sharey=True)
+    for ax, value in zip(axes[0], facets):
+        rows = summary if facet is None else summary[summary[facet] == value]
+        for key, line_rows in (rows.groupby(hue, sort=False) if hue else [(None, rows)]):
+            line_rows = line_rows.sort_values(x)
+            line, = ax.plot(line_rows[x], scale * line_rows["mean"], marker="o", markersize=3,
+                            label=None if key is None else str(key))
+            ax.fill_between(line_rows[x], scale * line_rows["low"], scale * line_rows["high"], color=line.get_color(),
+                            alpha=0.2)
+        if facet:
+            ax.set_title(str(value), fontsize=10)
+        ax.set_xlabel(xlabel or x)
+        if logx:
+            ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel((ylabel or y) + (" (%)" if percent else ""))
+    if hue:
+        handles, labels = axes[0, 0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.12 if hue else 0, 1, 1))
+    return fig
+
+
+def heatmap(ax, table: pd.DataFrame, *, fmt: str = "{:.1f}", vmin: float = 0, vmax: float = 100, title: str = ""):
+    """An annotated heat map of a 2-D table (rows x columns of numbers, e.g. target x patch size)."""
+    image = ax.imshow(table.to_numpy(dtype=float), cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
+    ax.set_xticks(range(table.shape[1]), [str(c) for c in table.columns])
+    ax.set_yticks(range(table.shape[0]), [str(r) for r in table.index])
+    for (r, c), value in pd.DataFrame(table.to_numpy(dtype=float)).stack().items():
+        ax.text(c, r, fmt.format(value), ha="center", va="center", fontsize=8,
+                color="black" if value > (vmin + vmax) / 2 else "white")
+    ax.set_xlabel(table.columns.name or "")
+    ax.set_ylabel(table.index.name or "")
+    ax.set_title(title, fontsize=10)
+    return image
+
+
+def image_grid(images: dict, *, rows: Sequence, cols: Sequence, row_label=str, col_label=str, title: str = "",
+               cell: float = 1.4, captions: dict | None = None):
+    """Images laid out by (row, col) key, e.g. a patch gallery (target x size); missing keys blank.
+
+    images: {(row, col): (C, H, W) tensor in [0, 1]}; captions: optional {(row, col): text} shown
+    over each image (e.g. "true -> predicted"), after the column label in the first row.
+    Returns the figure.
+    """
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(cell * len(cols) + 1, cell * len(rows) + 0.4), squeeze=False)
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            ax = axes[i, j]
+            ax.axis("off")
+            if (r, c) in images:
+                ax.imshow(to_hwc(images[(r, c)]), cmap="gray", interpolation="nearest")
+            caption = (captions or {}).get((r, c), "")
+            if i == 0 or caption:
+                ax.set_title("\n".join(filter(None, [col_label(c) if i == 0 else "", caption])), fontsize=9)
+            if j == 0:
+                ax.text(-0.1, 0.5, row_label(r), transform=ax.transAxes, ha="right", va="center", fontsize=9)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig, path: Path, dpi: int = 110) -> Path:
+    """Save as PNG atomically (temporary file, then rename) and return the path."""
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight")
+    return Path(path)
+
+
+def fgsm_explorer(model, images: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str], *,
+                  eps_max: float = 0.1, k: int = 5):
+    """An ipywidgets explorer: pick an image, slide eps, switch convention; shows the original, the
+    perturbation, the adversarial image and its top-k bars. images: (N, C, H, W) in [0, 1].
+
+    In a batch run (``$NBUTILS_BATCH`` set, as in a sweep's runs) it prints a note and returns None:
+    no one can move the sliders there, and nbclient can hang on a live widget's first update
+    (jupyter/nbclient#312)."""
+    if os.environ.get(BATCH_ENV):
+        print(f"live explorer skipped: a batch run (${BATCH_ENV} is set)")
+        return None
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    from .attacks import CONVENTIONS, fgsm
+    from .metrics import predict, topk_probabilities
+
+    def show(index: int, eps: float, convention: str) -> None:
+        x, y = images[index:index + 1], labels[index:index + 1]
+        adv = fgsm(model, x, y, eps=eps, convention=convention)
+        probs, top = topk_probabilities(predict(model, adv), k)
+        fig = prediction_grid(adv, probs, top, class_names, y, originals=x,
+                              title=f"FGSM eps = {eps:.3f} ({convention})")
+        display(fig)
+        plt.close(fig)
+
+    options = [(f"{i}: {class_names[int(labels[i])]}", i) for i in range(images.shape[0])]
+    return widgets.interactive(show, index=widgets.Dropdown(options=options, description="image"),
+                               eps=widgets.FloatSlider(value=0.02, min=0.0, max=eps_max, step=0.005, readout_format=".3f"),
+                               convention=widgets.Dropdown(options=list(CONVENTIONS), value="normalised"))
+
+
+def roc_panels(panels: dict, *, title: str = "", zoom: float | None = None):
+    """ROC curves, one panel per key of ``panels``, one line per curve: ``panels`` maps a panel title
+    to {curve label: (fpr (M,), tpr (M,), auc)}; the legend shows each AUC. zoom: also draw the
+    corner fpr <= zoom, tpr >= 1 - zoom as an inset (the papers' curves hug it). Returns the figure."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 5.6), squeeze=False)
+    for ax, (panel, curves_) in zip(axes[0], panels.items()):
+        inset = ax.inset_axes([0.45, 0.1, 0.5, 0.5]) if zoom else None
+        for label, (fpr, tpr, auc) in curves_.items():
+            line, = ax.plot(fpr, tpr, label=f"{label} (AUC {auc:.3f})")
+            if inset is not None:
+                inset.plot(fpr, tpr, color=line.get_color())
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
+        if inset is not None:
+            inset.set_xlim(0, zoom)
+            inset.set_ylim(1 - zoom, 1)
+            inset.tick_params(labelsize=7)
+        ax.set(xlabel="false positive rate (clean flagged)", ylabel="true positive rate (adversarial flagged)",
+               title=panel, xlim=(0, 1), ylim=(0, 1.01))
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,102 @@
+"""Tidy results with provenance, and paper-versus-run tables.
+
+Every chapter writes its tables as CSV beside a JSON file of provenance (what ran, on what, with
+which versions, how long), through atomic writes, so an interrupted run never leaves half a file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .files import atomic_write_text, project_root
+
+VERSIONED = ("torch", "torchvision", "timm", "numpy", "pandas", "nbutils", "torchattacks", "scikit-learn")
+
+
+def package_versions(names=VERSIONED) -> dict[str, str]:
+    """Installed versions of the packages that shape the numbers (absent ones omitted)."""
+    versions = {"python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def git_commit() -> str | None:
+    """The checkout's HEAD commit (with '+dirty' if modified), ``$NBUTILS_GIT_COMMIT`` when set (a copy
+    of the tree without its .git, e.g. on a remote GPU), or None outside a git checkout."""
+    if os.environ.get("NBUTILS_GIT_COMMIT"):
+        return os.environ["NBUTILS_GIT_COMMIT"]
+    root = project_root()
+    if root is None:
+        return None
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
+def device_name(device: torch.device | str) -> str:
+    """A readable name for the device: the GPU's product name, or the CPU's and its thread count."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def provenance(*, seed: int | None, device: torch.device | str, profile: str, started: float, commit: str | None = None,
+               **details) -> dict:
+    """What produced a result: versions, device, seed, profile, wall time since ``started``, the
+    code's commit (``commit``, read when the run started, before it wrote anything; else read now)
+    and ``details`` (model and weights ids, dataset and count, parameters)."""
+    return {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "profile": profile, "seed": seed,
+            "device": str(device), "device_name": device_name(device), "wall_time_s": round(time.time() - started, 1),
+            "git_commit": commit or git_commit(), "platform": platform.platform(), "versions": package_versions(),
+            **details}
+
+
+def write_results(table: pd.DataFrame, name: str, folder: Path, provenance: dict) -> tuple[Path, Path]:
+    """Write ``<folder>/<name>.csv`` and ``<folder>/<name>.json`` (provenance plus the rows)."""
+    folder = Path(folder)
+    csv_path = atomic_write_text(folder / f"{name}.csv", table.to_csv(index=False))
+    record = {"provenance": provenance, "columns": list(table.columns), "rows": json.loads(table.to_json(orient="records"))}
+    json_path = atomic_write_text(folder / f"{name}.json", json.dumps(record, indent=1, default=str) + "\n")
+    return csv_path, json_path
+
+
+def paper_vs_run(paper: pd.DataFrame, run: pd.DataFrame, on: list[str], values: list[str],
+                 extra: list[str] = ()) -> pd.DataFrame:
+    """Join the paper's numbers with this run's on the key columns ``on``.
+
+    Returns the keys, the run's ``extra`` columns (e.g. weights, so that several runs of one paper
+    row stay separate rows), then for each value column v: ``v (paper)``, ``v (run)``,
+    ``v (run - paper)``. Rows missing on either side keep NaN, so nothing is dropped silently.
+    """
+    extra = list(extra)
+    merged = paper[on + values].merge(run[on + extra + values], on=on, how="outer", suffixes=(" (paper)", " (run)"))
+    columns = list(on) + extra
+    for v in values:
+        merged[f"{v} (run - paper)"] = merged[f"{v} (run)"] - merged[f"{v} (paper)"]
+        columns += [f"{v} (paper)", f"{v} (run)", f"{v} (run - paper)"]
+    return merged[columns]
+
+
+def print_provenance(record: dict) -> None:
+    """Print a provenance record as aligned key: value lines."""
+    for key, value in record.items():
+        print(f"{key:>14}: {value}")
+    sys.stdout.flush()
