@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -58,13 +59,25 @@ def device_name(device: torch.device | str) -> str:
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
+def peak_memory_mb(device: torch.device | str) -> float:
+    """Peak memory so far in MiB: PyTorch's peak allocation on a GPU, the process's peak resident set
+    on the CPU (Linux and macOS report it in different units)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
+
+
 def provenance(*, seed: int | None, device: torch.device | str, profile: str, started: float, commit: str | None = None,
                **details) -> dict:
     """What produced a result: versions, device, seed, profile, wall time since ``started``, the
     code's commit (``commit``, read when the run started, before it wrote anything; else read now)
-    and ``details`` (model and weights ids, dataset and count, parameters)."""
+    and ``details`` (model and weights ids, dataset and count, parameters). peak_memory_mb: the
+    process's peak resident memory on the CPU, or the peak memory PyTorch allocated on the GPU."""
     return {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "profile": profile, "seed": seed,
             "device": str(device), "device_name": device_name(device), "wall_time_s": round(time.time() - started, 1),
+            "peak_memory_mb": peak_memory_mb(device),
             "git_commit": commit or git_commit(), "platform": platform.platform(), "versions": package_versions(),
             **details}
 
