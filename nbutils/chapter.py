@@ -141,8 +141,9 @@ def start(chapter: str, profiles: Mapping[str, dict], namespace: Mapping, *, cac
     profile's value). Parameters ``device``, ``seed``, ``data_dir``, ``results_dir`` and (with
     ``cache``, the cache's kind, e.g. "models") ``cache_dir`` are acted on here. A bad value, or
     parameters that disagree, stop the run with an error naming the parameter (see
-    :func:`nbutils.params.settle` and :data:`nbutils.params.AGREEMENTS`), before any data is loaded. expected: the
-    measured run time by (profile, device type), printed before the work starts.
+    :func:`nbutils.params.settle` and :data:`nbutils.params.AGREEMENTS`), before any data is loaded. expected:
+    a note on the run time by (profile, device type), printed before the work starts after
+    the committed run's measured time and peak memory (:func:`nbutils.report.measured_run`).
     """
     profile = params.check_choice(namespace.get("profile"), list(profiles), "profile")
     cfg = params.settle(profiles, profile, **{name: namespace.get(name) for name in profiles[profile]})
@@ -167,6 +168,7 @@ def start(chapter: str, profiles: Mapping[str, dict], namespace: Mapping, *, cac
     if hasattr(cfg, "deterministic"):
         print("deterministic algorithms " + ("on: seeded runs repeat exactly on this device (slower on a GPU)"
                                              if cfg.deterministic else "off: seeded GPU runs may differ slightly"))
-    print(f"expected run time ({profile} on {device.type}): "
-          + (expected or {}).get((profile, device.type), "not measured for this profile and device"))
+    notes = [report.measured_run(chapter, profile, device.type), (expected or {}).get((profile, device.type))]
+    print(f"expected time and memory ({profile} on {device.type}): "
+          + ("; ".join(note for note in notes if note) or "not measured for this profile and device"))
     return run

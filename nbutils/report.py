@@ -113,3 +113,50 @@ def print_provenance(record: dict) -> None:
     for key, value in record.items():
         print(f"{key:>14}: {value}")
     sys.stdout.flush()
+
+
+#: The committed runs' time and memory, by chapter, profile and device type, read from ``results/``
+#: by :func:`measured_runs` and shipped with the package (Colab installs it without ``results/``).
+MEASURED_FILE = Path(__file__).with_name("measured_runs.json")
+
+
+def measured_runs(results_root: Path) -> dict:
+    """{chapter: {profile: {device type: {wall_time_s, peak_memory_mb, device_name}}}} from the
+    provenance of the committed results (``results_root/<profile>/<chapter>/*.json``); peak memory
+    is None for runs made before it was recorded."""
+    runs: dict = {}
+    for table in sorted(Path(results_root).glob("*/*/*.json")):
+        record = json.loads(table.read_text()).get("provenance", {})
+        chapter, profile = table.parent.name, table.parent.parent.name
+        if "wall_time_s" in record and "device" in record:
+            device = torch.device(record["device"]).type
+            runs.setdefault(chapter, {}).setdefault(profile, {})[device] = {
+                "wall_time_s": record["wall_time_s"], "peak_memory_mb": record.get("peak_memory_mb"),
+                "device_name": record.get("device_name")}
+    return runs
+
+
+def measured_run(chapter: str, profile: str, device_type: str) -> str | None:
+    """How long, and with how much memory, the committed run of this chapter, profile and device type
+    took, in words; None when there is none."""
+    runs = json.loads(MEASURED_FILE.read_text()) if MEASURED_FILE.is_file() else {}
+    found = runs.get(chapter, {}).get(profile, {}).get(device_type)
+    if found is None:
+        return None
+    memory = (f"peak memory {found['peak_memory_mb'] / 1024:.1f} GiB" if found["peak_memory_mb"] is not None
+              else "memory not recorded")
+    return f"the committed run took {found['wall_time_s'] / 60:.1f} min, {memory}, on {found['device_name']}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m nbutils.report [RESULTS]``: rewrite the package's table of measured runs from the
+    committed results (default: the checkout's ``results/``)."""
+    args = sys.argv[1:] if argv is None else argv
+    root = Path(args[0]) if args else (project_root() or Path.cwd()) / "results"
+    atomic_write_text(MEASURED_FILE, json.dumps(measured_runs(root), indent=1, sort_keys=True) + "\n")
+    print(f"{MEASURED_FILE.name}: {sum(len(p) for c in measured_runs(root).values() for p in c.values())} runs")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

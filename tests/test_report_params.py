@@ -151,3 +151,11 @@ def test_deterministic_algorithms_switch_on_and_off():
     finally:
         chapter.deterministic_algorithms(False)
     assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic
+
+
+def test_the_packaged_measured_runs_are_read_from_the_committed_results():
+    from nbutils.files import project_root
+    assert json.loads(report.MEASURED_FILE.read_text()) == report.measured_runs(project_root() / "results")
+    line = report.measured_run("01_fgsm_imagenet", "offline", "cpu")
+    assert line.startswith("the committed run took") and "peak memory" in line
+    assert report.measured_run("01_fgsm_imagenet", "paper", "cuda") is None
