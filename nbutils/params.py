@@ -150,6 +150,11 @@ def _model_f_layers() -> list[str]:
         return [name for name, _ in mnist_model("model_f").named_modules() if name]
 
 
+def _craft_modes() -> tuple[str, ...]:
+    from .train import CRAFT_MODES
+    return CRAFT_MODES
+
+
 def _covariance_types() -> tuple[str, ...]:
     from .detect import COVARIANCE_TYPES
     return COVARIANCE_TYPES
@@ -195,7 +200,7 @@ RULES: dict[str, Rule] = {
     "substitute_rounds": _COUNT, "lr": _POSITIVE, "defence_lr": _POSITIVE, "momentum": Rule(0.0, 1.0, open_high=True),
     "scheduler_factor": Rule(0.0, 1.0, open_low=True, open_high=True), "scheduler_patience": Rule(low=0),
     "temperature": _POSITIVE, "sweep_temperatures": _POSITIVE, "temperatures": _POSITIVE,
-    "adversarial_fraction": Rule(0.0, 1.0, open_low=True), "craft_mode": Rule(choices=["eval", "train"]),
+    "adversarial_fraction": Rule(0.0, 1.0, open_low=True), "craft_mode": Rule(choices=_craft_modes),
     # detection
     "components_grid": Rule(low=1, element=int), "covariance_grid": Rule(choices=_covariance_types, element=str),
     "reg_covar": Rule(low=0.0), "keeps": Rule(0.0, 1.0, open_low=True, open_high=True, element=float),

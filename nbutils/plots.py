@@ -97,30 +97,36 @@ def curves(table: pd.DataFrame, *, x: str = "eps", hue: str = "model", style: st
     return fig
 
 
-def band_curves(table: pd.DataFrame, *, x: str, y: str, low: str, high: str, hue: str, facet: str,
-                xlabel: str | None = None, ylabel: str | None = None, title: str = "", percent: bool = True):
+def band_curves(table: pd.DataFrame, *, x: str, y: str, low: str, high: str, hue: str | None = None,
+                facet: str | None = None, xlabel: str | None = None, ylabel: str | None = None, title: str = "",
+                percent: bool = True, logx: bool = False):
     """``y`` against ``x`` with a shaded interval [``low``, ``high``]: one panel per ``facet`` value,
-    one line per ``hue`` value (legend under the panels, off the data). percent: values are fractions
-    drawn as 0-100 %. Returns the figure."""
+    one line per ``hue`` value (legend under the panels, off the data); None: a single panel or line.
+    percent: values are fractions drawn as 0-100 %. logx: a log x-axis. Returns the figure."""
     scale = 100.0 if percent else 1.0
-    facets = list(dict.fromkeys(table[facet]))
+    facets = list(dict.fromkeys(table[facet])) if facet else [None]
     fig, axes = plt.subplots(1, len(facets), figsize=(4.2 * len(facets), 3.6), squeeze=False, sharey=True)
     for ax, value in zip(axes[0], facets):
-        for key, rows in table[table[facet] == value].groupby(hue, sort=False):
+        panel = table if facet is None else table[table[facet] == value]
+        for key, rows in (panel.groupby(hue, sort=False) if hue else [(None, panel)]):
             rows = rows.sort_values(x)
-            line, = ax.plot(rows[x], scale * rows[y], marker="o", markersize=3, label=str(key))
+            line, = ax.plot(rows[x], scale * rows[y], marker="o", markersize=3, label=None if key is None else str(key))
             ax.fill_between(rows[x], scale * rows[low], scale * rows[high], color=line.get_color(), alpha=0.2)
-        ax.set_title(str(value), fontsize=10)
+        if facet:
+            ax.set_title(str(value), fontsize=10)
         ax.set_xlabel(xlabel or x)
+        if logx:
+            ax.set_xscale("log")
         ax.grid(alpha=0.3)
         if percent:
             ax.set_ylim(-2, 102)
     axes[0, 0].set_ylabel((ylabel or y) + (" (%)" if percent else ""))
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8, frameon=False)
+    if hue:
+        handles, labels = axes[0, 0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8, frameon=False)
     if title:
         fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.tight_layout(rect=(0, 0.1 if hue else 0, 1, 1))
     return fig
 
 
@@ -129,36 +135,12 @@ def sweep_curves(table: pd.DataFrame, *, x: str, y: str, hue: str | None = None,
                  percent: bool = False):
     """``y`` against a swept parameter ``x``: the mean over the rows of each (``facet``, ``hue``, x)
     group (the seeds of a sweep) with its 95 % Student-t band (:func:`nbutils.metrics.mean_interval`),
-    one line per ``hue`` value, one panel per ``facet`` value. percent: fractions drawn as 0-100 %."""
+    drawn by :func:`band_curves`. percent: fractions drawn as 0-100 %."""
     from .metrics import mean_interval
 
-    scale = 100.0 if percent else 1.0
-    keys = [k for k in (facet, hue) if k]
-    summary = mean_interval(table, keys + [x], y)
-    facets = list(dict.fromkeys(summary[facet])) if facet else [None]
-    fig, axes = plt.subplots(1, len(facets), figsize=(4.6 * len(facets), 3.6), squeeze=False, sharey=True)
-    for ax, value in zip(axes[0], facets):
-        rows = summary if facet is None else summary[summary[facet] == value]
-        for key, line_rows in (rows.groupby(hue, sort=False) if hue else [(None, rows)]):
-            line_rows = line_rows.sort_values(x)
-            line, = ax.plot(line_rows[x], scale * line_rows["mean"], marker="o", markersize=3,
-                            label=None if key is None else str(key))
-            ax.fill_between(line_rows[x], scale * line_rows["low"], scale * line_rows["high"], color=line.get_color(),
-                            alpha=0.2)
-        if facet:
-            ax.set_title(str(value), fontsize=10)
-        ax.set_xlabel(xlabel or x)
-        if logx:
-            ax.set_xscale("log")
-        ax.grid(alpha=0.3)
-    axes[0, 0].set_ylabel((ylabel or y) + (" (%)" if percent else ""))
-    if hue:
-        handles, labels = axes[0, 0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.12 if hue else 0, 1, 1))
-    return fig
+    summary = mean_interval(table, [k for k in (facet, hue) if k] + [x], y)
+    return band_curves(summary, x=x, y="mean", low="low", high="high", hue=hue, facet=facet, xlabel=xlabel,
+                       ylabel=ylabel or y, title=title, percent=percent, logx=logx)
 
 
 def heatmap(ax, table: pd.DataFrame, *, fmt: str = "{:.1f}", vmin: float = 0, vmax: float = 100, title: str = ""):

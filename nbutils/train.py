@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .batching import batch_slices, model_device, module_mode, progress_bar, run_batched
-from .checks import (check_choice, check_eps, check_flag, check_fraction, check_model_fits, check_positive_int, check_positive_number, check_seed,
+from .checks import (check_choice, check_eps, check_flag, check_fraction, check_model_fits, check_positive_int,
+                     check_positive_number, check_seed,
                      checked_inputs)
 from .files import cached, restore_module, settings_key, state_digest, tensor_digest
 
