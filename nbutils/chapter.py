@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -63,6 +64,18 @@ def default_cache_dir(kind: str) -> Path:
     """``$NBUTILS_CACHE/<kind>``, else ``runs/<kind>``."""
     base = os.environ.get(CACHE_ENV)
     return (Path(base) if base else runs_root()) / kind
+
+
+_DEFAULT_FORMATWARNING = warnings.formatwarning
+
+
+def portable_formatwarning(message, category, filename, lineno, line=None) -> str:
+    """``warnings.formatwarning`` with the file named relative to the checkout, or from its package
+    inside site-packages, so a committed notebook's warnings name no machine's folders."""
+    shown = display_path(filename) if os.path.isabs(filename) else filename
+    if os.path.isabs(shown) and "site-packages" in Path(shown).parts:
+        shown = str(Path(*Path(shown).parts[Path(shown).parts.index("site-packages") + 1:]))
+    return _DEFAULT_FORMATWARNING(message, category, shown, lineno, line)
 
 
 def deterministic_algorithms(enabled: bool) -> None:
@@ -146,6 +159,7 @@ def start(chapter: str, profiles: Mapping[str, dict], namespace: Mapping, *, cac
     the committed run's measured time and peak memory (:func:`nbutils.report.measured_run`).
     """
     profile = params.check_choice(namespace.get("profile"), list(profiles), "profile")
+    warnings.formatwarning = portable_formatwarning
     cfg = params.settle(profiles, profile, **{name: namespace.get(name) for name in profiles[profile]})
     params.AGREEMENTS.get(chapter, lambda cfg: None)(cfg)
     if getattr(cfg, "data_dir", ""):

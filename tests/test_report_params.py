@@ -159,3 +159,11 @@ def test_the_packaged_measured_runs_are_read_from_the_committed_results():
     line = report.measured_run("01_fgsm_imagenet", "offline", "cpu")
     assert line.startswith("the committed run took") and "peak memory" in line
     assert report.measured_run("01_fgsm_imagenet", "paper", "cuda") is None
+
+
+def test_warnings_in_a_chapter_name_files_relative_to_the_checkout_or_their_package():
+    from nbutils.files import project_root
+    inside = chapter.portable_formatwarning("m", UserWarning, str(project_root() / "nbutils" / "detect.py"), 5)
+    assert inside.startswith("nbutils/detect.py:5: UserWarning: m")
+    installed = chapter.portable_formatwarning("m", UserWarning, "/opt/py/lib/site-packages/sklearn/x.py", 7)
+    assert installed.startswith("sklearn/x.py:7:")
