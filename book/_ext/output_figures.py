@@ -1,0 +1,52 @@
+"""Numbered, captioned figures for a notebook cell's image outputs, with captions kept in cell metadata.
+
+myst-nb's own ``mystnb.figure`` cell option wraps *every* display output of a cell (tables too) in one
+figure with one name. Here a code cell's metadata holds ``"captions": ["...", ...]``: the k-th image
+output of the cell becomes a numbered figure with the k-th caption (the last caption for any image past
+the end of the list, e.g. one figure per model in a loop). Captions live beside the code, so they
+survive a papermill re-run, and a re-run changes no code cell to add one.
+"""
+from __future__ import annotations
+
+from docutils import nodes
+from sphinx.application import Sphinx
+from sphinx.transforms import SphinxTransform
+
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/svg+xml")
+
+
+def _is_image_bundle(node: nodes.Node) -> bool:
+    return (isinstance(node, nodes.container) and node.get("nb_element") == "mime_bundle"
+            and any(child.get("mime_type") in IMAGE_TYPES for child in node.children))
+
+
+def _caption(text: str) -> nodes.caption:
+    return nodes.caption(text, text)
+
+
+class OutputFigures(SphinxTransform):
+    """Wrap each image output of a cell whose metadata has ``captions`` in a numbered figure."""
+
+    default_priority = 200
+
+    def apply(self, **kwargs) -> None:
+        number = 0
+        for cell in list(self.document.findall(nodes.container)):
+            if cell.get("nb_element") != "cell_code":
+                continue
+            captions = (cell.get("cell_metadata") or {}).get("captions")
+            if not captions:
+                continue
+            bundles = [node for node in cell.findall(nodes.container) if _is_image_bundle(node)]
+            for k, bundle in enumerate(bundles):
+                number += 1
+                figure = nodes.figure(ids=[f"output-figure-{number}"], classes=["output-figure"])
+                self.document.set_id(figure)
+                bundle.replace_self(figure)
+                figure += bundle
+                figure += _caption(str(captions[min(k, len(captions) - 1)]))
+
+
+def setup(app: Sphinx) -> dict:
+    app.add_transform(OutputFigures)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}

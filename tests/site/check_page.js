@@ -1,0 +1,71 @@
+// Injected into a built page before </body>: once MathJax has typeset, writes the page's faults as
+// JSON into a pre element with id site-check, which the test reads from Chromium's --dump-dom.
+(function () {
+  const column = () => document.querySelector("article.bd-article");
+  const text = (el) => (el ? el.textContent.trim() : "");
+  const describe = (el) => {
+    const name = el.tagName.toLowerCase();
+    const cls = typeof el.className === "string" && el.className ? "." + el.className.split(/\s+/).join(".") : "";
+    const src = el.getAttribute && el.getAttribute("src") ? ` src=${el.getAttribute("src").slice(-60)}` : "";
+    return `${name}${cls}${src}`;
+  };
+
+  function brokenImages() {
+    return [...document.images].filter((img) => !img.complete || img.naturalWidth === 0).map(describe);
+  }
+
+  function uncaptionedFigures() {
+    const faults = [];
+    for (const img of document.querySelectorAll("article.bd-article .cell_output img")) {
+      const figure = img.closest("figure");
+      if (!figure || !text(figure.querySelector("figcaption"))) faults.push(describe(img));
+    }
+    for (const figure of document.querySelectorAll("article.bd-article figure")) {
+      if (!text(figure.querySelector("figcaption"))) faults.push(describe(figure));
+    }
+    return faults;
+  }
+
+  function tooWide() {
+    const article = column();
+    if (!article) return ["no article.bd-article on the page"];
+    const right = article.getBoundingClientRect().right + 1;
+    const faults = [];
+    for (const el of article.querySelectorAll("img, table, svg, mjx-container, pre, iframe, video, canvas, .output")) {
+      const box = el.getBoundingClientRect();
+      if (box.width > 0 && box.right > right) faults.push(`${describe(el)} ends ${Math.round(box.right - right)} px past the column`);
+    }
+    return faults;
+  }
+
+  function unrenderedMaths() {
+    const faults = [];
+    for (const el of document.querySelectorAll("article.bd-article .math")) {
+      if (!el.querySelector("mjx-container") && !el.closest("mjx-container")) faults.push(`${describe(el)}: ${text(el).slice(0, 60)}`);
+    }
+    const walker = document.createTreeWalker(column() || document.body, NodeFilter.SHOW_TEXT);
+    const raw = /\$\$|\\\(|\\\[|\\begin\{/;
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      const parent = node.parentElement;
+      if (parent.closest("pre, code, script, style, .cell_input, .cell_output, mjx-container, .math")) continue;
+      if (raw.test(node.textContent)) faults.push(`raw TeX: ${node.textContent.trim().slice(0, 60)}`);
+    }
+    return faults;
+  }
+
+  function report(extra) {
+    const result = { broken_images: brokenImages(), uncaptioned_figures: uncaptionedFigures(),
+                     too_wide: tooWide(), unrendered_maths: unrenderedMaths(), errors: extra || [],
+                     n_images: document.images.length, n_figures: document.querySelectorAll("article figure").length,
+                     n_maths: document.querySelectorAll("article .math").length };
+    const pre = document.createElement("pre");
+    pre.id = "site-check";
+    pre.textContent = JSON.stringify(result);
+    document.body.appendChild(pre);
+  }
+
+  window.addEventListener("load", () => {
+    const ready = window.MathJax && MathJax.startup && MathJax.startup.promise ? MathJax.startup.promise : Promise.resolve();
+    ready.then(() => report(), (err) => report([`MathJax: ${err}`]));
+  });
+})();

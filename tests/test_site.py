@@ -1,0 +1,102 @@
+"""The built book as a reader sees it: every page opened in headless Chromium.
+
+``site/check_page.js`` is injected into a copy of each built page; once MathJax has typeset, it lists
+the page's faults: a broken image, an output image or a figure without a caption, an element that
+ends past the content column, and maths left as raw TeX. Chromium's ``--dump-dom`` returns them.
+``.ci/run`` installs Debian's ``chromium`` when it is missing and sets ``NBUTILS_REQUIRE_BROWSER=1``, so
+CI fails rather than skips without it.
+"""
+import html
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECKER = (Path(__file__).parent / "site" / "check_page.js").read_text()
+FAULTS = ("broken_images", "uncaptioned_figures", "too_wide", "unrendered_maths", "errors")
+WINDOW = "1400,1000"  # a laptop screen: the sidebar and the content column both shown
+
+
+def toc_pages() -> list[str]:
+    """Every page in ``_toc.yml``, as its path under the built site without the suffix."""
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    return [toc["root"]] + [entry["file"] for entry in toc["chapters"]]
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="session")
+def built_site(tmp_path_factory) -> Path:
+    """The book built once per session (``-W``: any warning fails the build); the site's html folder."""
+    out = tmp_path_factory.mktemp("book")
+    result = subprocess.run(["jupyter-book", "build", str(ROOT), "--path-output", str(out), "-W", "-n", "--keep-going"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"the book build failed:\n{result.stdout[-6000:]}\n{result.stderr[-4000:]}"
+    return out / "_build" / "html"
+
+
+def page_faults(page: Path, profile_dir: Path) -> dict:
+    """Open ``page`` (with the checker injected) in headless Chromium; the checker's JSON report."""
+    source = page.read_text()
+    checked = page.with_name(f"checked-{page.name}")
+    checked.write_text(source.replace("</body>", f"<script>{CHECKER}</script></body>", 1))
+    result = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                             f"--user-data-dir={profile_dir}", f"--window-size={WINDOW}",
+                             "--virtual-time-budget=20000", "--dump-dom", checked.as_uri()],
+                            capture_output=True, text=True, timeout=180)
+    checked.unlink()
+    reports = re.findall(r'<pre id="site-check"[^>]*>(.*?)</pre>', result.stdout, re.S)
+    assert reports, f"no report from Chromium for {page.name}:\n{result.stderr[-3000:]}"
+    return json.loads(html.unescape(reports[-1]))
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if chromium() is None:
+        if os.environ.get("NBUTILS_REQUIRE_BROWSER") == "1":
+            pytest.fail("chromium is not installed (apt-get install -y chromium); NBUTILS_REQUIRE_BROWSER=1")
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    return chromium()
+
+
+@pytest.mark.slow
+def test_book_builds_offline_without_warnings(built_site):
+    page = (built_site / "book" / "01_fgsm_imagenet.html").read_text()
+    assert "Table I" in page and "<img" in page
+    assert (built_site / "index.html").is_file()
+    for chapter in sorted((ROOT / "book").glob("[0-9][0-9]_*.ipynb")) + [ROOT / "book" / "sweeps.ipynb"]:
+        assert "<img" in (built_site / "book" / f"{chapter.stem}.html").read_text(), chapter.stem
+
+
+def test_the_checker_finds_each_kind_of_fault(browser, tmp_path):
+    # a page with one of each fault, laid out like the theme's: the checker must name all four
+    page = tmp_path / "faulty.html"
+    page.write_text("""<html><body><article class="bd-article" style="width: 600px">
+      <div class="cell_output"><img src="missing.png" alt=""></div>
+      <figure><img src="data:image/gif;base64,R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7" alt=""></figure>
+      <table style="width: 900px"><tr><td>wide</td></tr></table>
+      <p>raw $$x^2$$ maths</p><span class="math">\\(y\\)</span>
+    </article></body></html>""")
+    faults = page_faults(page, tmp_path / "chromium")
+    assert len(faults["broken_images"]) == 1
+    assert len(faults["uncaptioned_figures"]) == 2  # the output image outside a figure, the figure without a caption
+    assert any(f.startswith("table") for f in faults["too_wide"])
+    assert len(faults["unrendered_maths"]) == 2  # the .math span MathJax never saw, the raw $$
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", toc_pages())
+def test_every_page_renders_for_a_reader(browser, built_site, page, tmp_path):
+    faults = page_faults(built_site / f"{page}.html", tmp_path / "chromium")
+    assert {kind: faults[kind] for kind in FAULTS if faults[kind]} == {}
+    if page.startswith("book/0"):  # a chapter: its figures were found, numbered and captioned
+        assert faults["n_figures"] > 0
