@@ -27,7 +27,7 @@ from typing import Callable, Mapping
 import pandas as pd
 import torch
 
-from . import params, report
+from . import params, plots, report
 from .batching import default_device
 from .data import add_data_root
 from .colab import on_colab
@@ -160,6 +160,7 @@ def start(chapter: str, profiles: Mapping[str, dict], namespace: Mapping, *, cac
     """
     profile = params.check_choice(namespace.get("profile"), list(profiles), "profile")
     warnings.formatwarning = portable_formatwarning
+    plots.sharp_inline_figures()
     cfg = params.settle(profiles, profile, **{name: namespace.get(name) for name in profiles[profile]})
     params.AGREEMENTS.get(chapter, lambda cfg: None)(cfg)
     if getattr(cfg, "data_dir", ""):

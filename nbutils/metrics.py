@@ -84,15 +84,18 @@ def wilson_interval(successes, total, *, confidence: float = 0.95):
     p = k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    low, high = centre - half, centre + half
+    low, high = np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)  # [0, 1] up to rounding
     return (float(low), float(high)) if low.ndim == 0 else (low, high)
 
 
-def with_intervals(table: pd.DataFrame, rate: str = "accuracy", total: str = "n_images") -> pd.DataFrame:
+def with_intervals(table: pd.DataFrame, rate: str = "accuracy", total: str = "n_images", *,
+                   percent: bool = False) -> pd.DataFrame:
     """``table`` with ``<rate>_low`` and ``<rate>_high``: the 95 % Wilson interval of each row's rate
-    (a fraction) over its ``total`` trials."""
-    low, high = wilson_interval((table[rate] * table[total]).round(), table[total])
-    return table.assign(**{f"{rate}_low": low, f"{rate}_high": high})
+    over its ``total`` trials. The rate is a fraction, or a percentage if ``percent`` (and so are
+    the bounds)."""
+    scale = 100.0 if percent else 1.0
+    low, high = wilson_interval((table[rate] / scale * table[total]).round(), table[total])
+    return table.assign(**{f"{rate}_low": scale * low, f"{rate}_high": scale * high})
 
 
 def mean_interval(table: pd.DataFrame, by: str | Sequence[str], value: str, *, confidence: float = 0.95) -> pd.DataFrame:

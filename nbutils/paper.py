@@ -40,7 +40,7 @@ _TABLE_III = {
     "goldfish": [("hippopotamus", 0.2372), ("lakeside", 0.1076), ("terrapin", 0.0555), ("tench", 0.0497), ("beaver", 0.0485)],
     "tiger shark": [("electric ray", 0.8774), ("stingray", 0.0782), ("hammerhead", 0.0053), ("killer whale", 0.0046), ("dugong", 0.0039)],
     "hammerhead": [("tiger shark", 0.7204), ("electric ray", 0.2166), ("hammerhead", 0.0244), ("coral reef", 0.0147), ("stingray", 0.0043)],
-    "electric ray": [("loggerhead", 0.7381), ("leatherback turtle", 0.1179), ("electric ray", 0.1038), ("conch", 0.0143), ("stingray", 0.0090)],
+    "electric ray": [("loggerhead", 0.7381), ("leatherback", 0.1179), ("electric ray", 0.1038), ("conch", 0.0143), ("stingray", 0.0090)],
 }
 
 

@@ -14,7 +14,20 @@ import torch  # noqa: E402
 
 from .files import atomic_path  # noqa: E402
 
-BATCH_ENV = "NBUTILS_BATCH"  # set in the kernels of a sweep's runs: no live widgets there
+BATCH_ENV = "NBUTILS_BATCH"  # set in the kernels of a sweep's runs and committed chapters: no live widgets there
+EXPLORER_EPSILONS = (0.0, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)  # the static explorer's frames, each convention's units
+
+
+def sharp_inline_figures() -> None:
+    """In a notebook, draw figures as PNG at twice the pixels, shown at the same size ("retina"), so
+    they stay readable at the book's page width. Outside IPython: nothing."""
+    try:
+        from IPython import get_ipython
+        from matplotlib_inline.backend_inline import set_matplotlib_formats
+    except ImportError:
+        return
+    if get_ipython() is not None:
+        set_matplotlib_formats("retina")
 
 
 def to_hwc(image: torch.Tensor):
@@ -99,10 +112,11 @@ def curves(table: pd.DataFrame, *, x: str = "eps", hue: str = "model", style: st
 
 def band_curves(table: pd.DataFrame, *, x: str, y: str, low: str, high: str, hue: str | None = None,
                 facet: str | None = None, xlabel: str | None = None, ylabel: str | None = None, title: str = "",
-                percent: bool = True, logx: bool = False):
+                percent: bool = True, logx: bool = False, paper: pd.DataFrame | None = None):
     """``y`` against ``x`` with a shaded interval [``low``, ``high``]: one panel per ``facet`` value,
     one line per ``hue`` value (legend under the panels, off the data); None: a single panel or line.
-    percent: values are fractions drawn as 0-100 %. logx: a log x-axis. Returns the figure."""
+    percent: values are fractions drawn as 0-100 %. logx: a log x-axis. paper: optional rows with
+    the columns x, y (and facet, hue), drawn dashed with hollow markers and no band. Returns the figure."""
     scale = 100.0 if percent else 1.0
     facets = list(dict.fromkeys(table[facet])) if facet else [None]
     fig, axes = plt.subplots(1, len(facets), figsize=(4.2 * len(facets), 3.6), squeeze=False, sharey=True)
@@ -112,6 +126,10 @@ def band_curves(table: pd.DataFrame, *, x: str, y: str, low: str, high: str, hue
             rows = rows.sort_values(x)
             line, = ax.plot(rows[x], scale * rows[y], marker="o", markersize=3, label=None if key is None else str(key))
             ax.fill_between(rows[x], scale * rows[low], scale * rows[high], color=line.get_color(), alpha=0.2)
+        published = None if paper is None else paper if facet is None else paper[paper[facet] == value]
+        for key, rows in ([] if published is None else published.groupby(hue, sort=False) if hue else [("paper", published)]):
+            rows = rows.sort_values(x)
+            ax.plot(rows[x], scale * rows[y], linestyle="--", marker="o", markersize=3, mfc="none", label=f"{key} (paper)")
         if facet:
             ax.set_title(str(value), fontsize=10)
         ax.set_xlabel(xlabel or x)
@@ -121,12 +139,16 @@ def band_curves(table: pd.DataFrame, *, x: str, y: str, low: str, high: str, hue
         if percent:
             ax.set_ylim(-2, 102)
     axes[0, 0].set_ylabel((ylabel or y) + (" (%)" if percent else ""))
+    legend_rows = 0
     if hue:
         handles, labels = axes[0, 0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8, frameon=False)
+        # as many columns as fit the figure's width (about 13 characters of 8-point text an inch)
+        ncol = max(1, min(len(labels), int(13 * fig.get_figwidth() / (max(map(len, labels)) + 4))))
+        legend_rows = -(-len(labels) // ncol)
+        fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
     if title:
         fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.1 if hue else 0, 1, 1))
+    fig.tight_layout(rect=(0, min(0.5, 0.05 + 0.055 * legend_rows), 1, 1))
     return fig
 
 
@@ -191,16 +213,17 @@ def save_figure(fig, path: Path, dpi: int = 110) -> Path:
 
 
 def fgsm_explorer(model, images: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str], *,
-                  eps_max: float = 0.1, k: int = 5):
-    """An ipywidgets explorer: pick an image, slide eps, switch convention; shows the original, the
-    perturbation, the adversarial image and its top-k bars. images: (N, C, H, W) in [0, 1].
+                  eps_max: float = 0.1, k: int = 5, epsilons: Sequence[float] = EXPLORER_EPSILONS):
+    """Chapter 1's explorer: pick an image, move eps, switch convention; shows the original, the
+    perturbation, the adversarial image and the top-k predictions. images: (N, C, H, W) in [0, 1].
 
-    In a batch run (``$NBUTILS_BATCH`` set, as in a sweep's runs) it prints a note and returns None:
-    no one can move the sliders there, and nbclient can hang on a live widget's first update
-    (jupyter/nbclient#312)."""
+    In Jupyter or Colab: a live ipywidgets explorer (any eps up to ``eps_max``). In a batch run
+    (``$NBUTILS_BATCH`` set: a sweep's runs, and the committed chapters): :func:`fgsm_frames`, which
+    needs neither a kernel nor the internet, over ``epsilons``; nbclient can also hang on a live
+    widget's first update there (jupyter/nbclient#312)."""
     if os.environ.get(BATCH_ENV):
-        print(f"live explorer skipped: a batch run (${BATCH_ENV} is set)")
-        return None
+        from IPython.display import HTML
+        return HTML(fgsm_frames(model, images, labels, class_names, epsilons=epsilons, k=k))
     import ipywidgets as widgets
     from IPython.display import display
 
@@ -220,6 +243,87 @@ def fgsm_explorer(model, images: torch.Tensor, labels: torch.Tensor, class_names
     return widgets.interactive(show, index=widgets.Dropdown(options=options, description="image"),
                                eps=widgets.FloatSlider(value=0.02, min=0.0, max=eps_max, step=0.005, readout_format=".3f"),
                                convention=widgets.Dropdown(options=list(CONVENTIONS), value="normalised"))
+
+
+def jpeg_data_uri(image: torch.Tensor, *, size: int = 112, quality: int = 80) -> str:
+    """A (C, H, W) image in [0, 1] as a ``data:image/jpeg`` URI, resized to ``size`` pixels square."""
+    import base64
+    import io
+
+    from PIL import Image
+    array = (to_hwc(image) * 255).round().astype("uint8")
+    picture = Image.fromarray(array).resize((size, size), Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="JPEG", quality=quality)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def fgsm_frames(model, images: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str], *,
+                epsilons: Sequence[float] = EXPLORER_EPSILONS, k: int = 5) -> str:
+    """A self-contained HTML explorer of pre-computed FGSM frames over image x eps x convention:
+    the original, the perturbation (rescaled, per convention), the adversarial image and its top-k
+    predictions. Inline JPEGs and a few lines of inline script: no kernel, no internet.
+
+    images: (N, C, H, W) in [0, 1]; labels: (N,); epsilons: in each convention's own units."""
+    import json
+
+    from .attacks import CONVENTIONS, fgsm, pixel_eps
+    from .metrics import predict, topk_probabilities
+
+    frames, perturbations = {}, {}
+    for convention in CONVENTIONS:
+        for j, eps in enumerate(epsilons):
+            adversarial = fgsm(model, images, labels, eps=float(eps), convention=convention)
+            probs, top = topk_probabilities(predict(model, adversarial), k)
+            for i in range(images.shape[0]):
+                frames[f"{i}|{convention}|{j}"] = {
+                    "src": jpeg_data_uri(adversarial[i]),
+                    "top": [[class_names[int(c)], round(float(p), 4)] for c, p in zip(top[i], probs[i])]}
+            if j == len(epsilons) - 1:  # the sign pattern is the same at every eps: show it at the largest
+                for i in range(images.shape[0]):
+                    perturbations[f"{i}|{convention}"] = jpeg_data_uri(
+                        perturbation_image(adversarial[i] - images[i]), quality=70)
+    state = {"eps": [float(e) for e in epsilons], "conventions": list(CONVENTIONS),
+             "pixel255": {c: [round(255 * pixel_eps(model, float(e), c), 2) for e in epsilons] for c in CONVENTIONS},
+             "names": [class_names[int(y)] for y in labels], "originals": [jpeg_data_uri(x) for x in images],
+             "perturbations": perturbations, "frames": frames}
+    return _FRAMES_HTML.replace("STATE", json.dumps(state, separators=(",", ":")))
+
+
+_FRAMES_HTML = """<div class="fgsm-frames" style="font-size:0.85rem">
+<div><label>image <select data-role="image"></select></label>
+<label style="margin-left:1em">convention <select data-role="convention"></select></label>
+<label style="margin-left:1em">eps <input data-role="eps" type="range" min="0" step="1" style="vertical-align:middle"></label>
+<span data-role="readout"></span></div>
+<div style="display:flex;gap:0.8em;flex-wrap:wrap;align-items:flex-start;margin-top:0.4em">
+<figure style="margin:0"><img data-role="original" width="112" height="112" alt="original"><figcaption>original</figcaption></figure>
+<figure style="margin:0"><img data-role="perturbation" width="112" height="112" alt="perturbation"><figcaption>perturbation (rescaled)</figcaption></figure>
+<figure style="margin:0"><img data-role="adversarial" width="112" height="112" alt="adversarial"><figcaption>adversarial</figcaption></figure>
+<ol data-role="top" style="margin:0;min-width:14em"></ol></div></div>
+<script>(function () {
+  const root = document.currentScript.previousElementSibling, state = STATE;
+  const part = (role) => root.querySelector(`[data-role="${role}"]`);
+  state.names.forEach((n, i) => part("image").add(new Option(`${i}: ${n}`, i)));
+  state.conventions.forEach((c) => part("convention").add(new Option(c, c)));
+  part("eps").max = state.eps.length - 1;
+  part("eps").value = Math.max(0, state.eps.indexOf(0.02));
+  part("convention").value = state.conventions.includes("normalised") ? "normalised" : state.conventions[0];
+  function show() {
+    const i = part("image").value, c = part("convention").value, j = part("eps").value;
+    const frame = state.frames[`${i}|${c}|${j}`];
+    part("readout").textContent = `${state.eps[j]} (${state.pixel255[c][j]}/255 a pixel)`;
+    part("original").src = state.originals[i];
+    part("perturbation").src = state.perturbations[`${i}|${c}`];
+    part("adversarial").src = frame.src;
+    part("top").replaceChildren(...frame.top.map(([name, p]) => {
+      const item = document.createElement("li");
+      item.textContent = `${name} ${p.toFixed(4)}` + (name === state.names[i] ? "  (true class)" : "");
+      return item;
+    }));
+  }
+  root.querySelectorAll("select, input").forEach((el) => el.addEventListener("input", show));
+  show();
+})();</script>"""
 
 
 def roc_panels(panels: dict, *, title: str = "", zoom: float | None = None):

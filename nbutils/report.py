@@ -14,6 +14,7 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 import torch
@@ -106,6 +107,52 @@ def paper_vs_run(paper: pd.DataFrame, run: pd.DataFrame, on: list[str], values: 
         merged[f"{v} (run - paper)"] = merged[f"{v} (run)"] - merged[f"{v} (paper)"]
         columns += [f"{v} (paper)", f"{v} (run)", f"{v} (run - paper)"]
     return merged[columns]
+
+
+def stack_rates(table: pd.DataFrame, rates: dict[str, str]) -> pd.DataFrame:
+    """Long form of several rate columns, for one panel per rate: ``rates`` maps a column to its
+    label; each row of ``table`` becomes one row per rate with ``rate`` (the label), ``value`` and,
+    where the table has ``<column>_low`` and ``<column>_high``, ``low`` and ``high``."""
+    parts = []
+    for column, label in rates.items():
+        bounds = {f"{column}_low": "low", f"{column}_high": "high"}
+        other = [c for r in rates for c in (r, f"{r}_low", f"{r}_high") if c in table.columns and c != column
+                 and c not in bounds]
+        parts.append(table.drop(columns=other).rename(columns={column: "value", **bounds}).assign(rate=label))
+    return pd.concat(parts, ignore_index=True)
+
+
+def view(table: pd.DataFrame, *, intervals=(), digits: int = 2, caption: str = "", keep: Sequence[str] = (),
+         formats: dict[str, str] | None = None):
+    """``table`` as a reader should see it (a pandas Styler): no index; the columns that hold one value
+    on every row moved into the caption and those with no value dropped (those in ``keep`` stay); floats to ``digits`` places, a
+    missing value as a dash; and each rate in ``intervals`` shown as ``rate [low, high]``. formats:
+    {column: format string} for columns shown otherwise, e.g. ``{"eps": "{:g}"}``.
+
+    intervals: column names whose bounds are ``<name>_low`` and ``<name>_high``, or a mapping
+    {column: (low column, high column)}; the bound columns are dropped from the view."""
+    import hashlib
+
+    bounds = dict(intervals) if isinstance(intervals, dict) else {c: (f"{c}_low", f"{c}_high") for c in intervals}
+    missing = [c for column, pair in bounds.items() for c in (column, *pair) if c not in table.columns]
+    if missing:
+        raise ValueError(f"interval columns {missing} are not in the table, which has {list(table.columns)}")
+    shown = table.copy()
+    number = f"{{:.{digits}f}}"
+    for column, (low, high) in bounds.items():
+        shown[column] = [("–" if pd.isna(v) else f"{number.format(v)} [{number.format(lo)}, {number.format(hi)}]")
+                         for v, lo, hi in zip(shown[column], shown[low], shown[high])]
+    shown = shown.drop(columns=[c for pair in bounds.values() for c in pair])
+    empty = [c for c in shown.columns if c not in keep and shown[c].isna().all()]
+    constant = [c for c in shown.columns if len(shown) > 1 and c not in [*keep, *empty] and shown[c].nunique() == 1
+                and shown[c].notna().all()]
+    notes = [f"{c}: {shown[c].iloc[0]}" for c in constant]
+    title = "; ".join(([caption] if caption else []) + notes)
+    shown = shown.drop(columns=constant + empty)
+    styler = shown.style.hide(axis="index").format({c: f for c, f in (formats or {}).items() if c in shown.columns},
+                                                  precision=digits, na_rep="–")
+    styler.set_uuid("v" + hashlib.sha1(shown.to_csv().encode()).hexdigest()[:10])  # the same table, the same HTML
+    return styler.set_table_attributes('class="dataframe"').set_caption(title)
 
 
 def print_provenance(record: dict) -> None:

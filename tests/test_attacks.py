@@ -288,12 +288,24 @@ def test_the_fgsm_explorer_draws_without_error():
         widget.f(1, 0.05, convention)  # the callback the sliders call; an error here is invisible in the page
 
 
-def test_the_fgsm_explorer_is_skipped_in_a_batch_run(monkeypatch, capsys):
+def test_a_batch_run_shows_the_static_explorer_whose_frames_are_the_attacks_results(monkeypatch):
+    import json
+    import re
+
+    from nbutils.metrics import predict
     from nbutils.plots import BATCH_ENV, fgsm_explorer
     monkeypatch.setenv(BATCH_ENV, "1")
     x, y = images_and_labels(50, 2)
-    assert fgsm_explorer(MODEL, x, y, [str(i) for i in range(10)]) is None
-    assert "skipped" in capsys.readouterr().out
+    names = [f"class {i}" for i in range(10)]
+    page = fgsm_explorer(MODEL, x, y, names, epsilons=(0.0, 0.05), k=3).data
+    assert "http" not in page  # no CDN, no remote image: it works offline
+    state = json.loads(re.search(r"state = (\{.*?\});", page).group(1))
+    assert sorted(state["frames"]) == sorted(f"{i}|{c}|{j}" for i in range(2) for c in ("pixel", "normalised") for j in range(2))
+    adversarial = attacks.fgsm(MODEL, x, y, eps=0.05, convention="pixel")
+    top = predict(MODEL, adversarial).softmax(1).topk(3)
+    assert [name for name, _ in state["frames"]["1|pixel|1"]["top"]] == [names[int(c)] for c in top.indices[1]]
+    assert state["frames"]["0|pixel|0"]["top"][0][1] == pytest.approx(float(predict(MODEL, x).softmax(1).max(1).values[0]),
+                                                                     abs=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -121,6 +121,9 @@ def test_wilson_interval_equals_scipys_and_accuracy_and_loss_count_by_hand():
         assert wilson_interval(k, n) == pytest.approx((reference.low, reference.high), abs=1e-12)
     with pytest.raises(ValueError, match="successes"):
         wilson_interval(11, 10)
+    table = __import__("pandas").DataFrame({"error": [70.0], "n_images": [10]})  # a percentage: the same interval, x 100
+    percent = with_intervals(table, "error", percent=True)
+    assert (percent.error_low[0], percent.error_high[0]) == pytest.approx(tuple(100 * b for b in wilson_interval(7, 10)))
     model, x, y = tiny_classifier(), torch.rand(30, 3, 8, 8), torch.randint(0, 10, (30,))
     result = accuracy_and_loss(model, x, y, batch_size=7)
     probs = predict(model, x).softmax(1).clamp(KERAS_EPSILON, 1 - KERAS_EPSILON)

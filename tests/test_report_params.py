@@ -167,3 +167,26 @@ def test_warnings_in_a_chapter_name_files_relative_to_the_checkout_or_their_pack
     assert inside.startswith("nbutils/detect.py:5: UserWarning: m")
     installed = chapter.portable_formatwarning("m", UserWarning, "/opt/py/lib/site-packages/sklearn/x.py", 7)
     assert installed.startswith("sklearn/x.py:7:")
+
+
+def test_view_moves_constant_columns_to_the_caption_and_shows_intervals():
+    import re
+
+    table = pd.DataFrame({"model": ["m", "m"], "eps": [0.005, 0.02], "error": [20.7, 55.0], "error_low": [18.3, 51.9],
+                          "error_high": [23.3, 58.1], "n_images": [1000, 1000], "gap": [float("nan")] * 2})
+    page = report.view(table, intervals=["error"], digits=1, caption="Table X", formats={"eps": "{:g}"}).to_html()
+    assert re.findall(r"<caption>(.*?)</caption>", page) == ["Table X; model: m; n_images: 1000"]
+    assert [h.strip() for h in re.findall(r"<th[^>]*>([^<]*)</th>", page)] == ["eps", "error"]  # no index, no empty gap
+    assert re.findall(r"<td[^>]*>([^<]*)</td>", page) == ["0.005", "20.7 [18.3, 23.3]", "0.02", "55.0 [51.9, 58.1]"]
+    assert page == report.view(table, intervals=["error"], digits=1, caption="Table X",
+                               formats={"eps": "{:g}"}).to_html()  # the same table, the same HTML
+    with pytest.raises(ValueError, match="error_high"):
+        report.view(table.drop(columns="error_high"), intervals=["error"])
+
+
+def test_stack_rates_gives_one_row_per_rate_with_its_own_bounds():
+    table = pd.DataFrame({"eps": [0.01], "top1": [80.0], "top1_low": [77.0], "top1_high": [83.0], "top5": [60.0],
+                          "top5_low": [57.0], "top5_high": [63.0]})
+    long = report.stack_rates(table, {"top1": "top-1", "top5": "top-5"})
+    assert long.to_dict("records") == [{"eps": 0.01, "value": 80.0, "low": 77.0, "high": 83.0, "rate": "top-1"},
+                                       {"eps": 0.01, "value": 60.0, "low": 57.0, "high": 63.0, "rate": "top-5"}]
