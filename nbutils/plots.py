@@ -19,15 +19,26 @@ EXPLORER_EPSILONS = (0.0, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)  # the static exp
 
 
 def sharp_inline_figures() -> None:
-    """In a notebook, draw figures as PNG at twice the pixels, shown at the same size ("retina"), so
-    they stay readable at the book's page width. Outside IPython: nothing."""
+    """In a notebook, draw charts as PNG at twice the pixels, shown at the same size ("retina"), so
+    they stay readable at the book's page width. Figures of photographs (``fig.photographic = True``,
+    set by :func:`prediction_grid`) stay at one pixel per point: doubling them would triple a
+    notebook's size for no gain in what a reader can see. Outside IPython: nothing."""
     try:
         from IPython import get_ipython
-        from matplotlib_inline.backend_inline import set_matplotlib_formats
+        from IPython.core.pylabtools import print_figure, retina_figure
+        from matplotlib.figure import Figure
     except ImportError:
         return
-    if get_ipython() is not None:
-        set_matplotlib_formats("retina")
+    shell = get_ipython()
+    if shell is None:
+        return
+
+    def png(fig):
+        return print_figure(fig, "png") if getattr(fig, "photographic", False) else retina_figure(fig)
+
+    if "inline" in matplotlib.get_backend():
+        import matplotlib_inline.backend_inline  # noqa: F401  loading it sets the formatters: load it first
+    shell.display_formatter.formatters["image/png"].for_type(Figure, png)
 
 
 def to_hwc(image: torch.Tensor):
@@ -64,6 +75,7 @@ def prediction_grid(images: torch.Tensor, probs: torch.Tensor, indices: torch.Te
     panels = 2 if originals is None else 4
     fig, axes = plt.subplots(n, panels, figsize=(3.2 * panels + 1.5, 2.4 * n), squeeze=False,
                              gridspec_kw={"width_ratios": [1] * (panels - 1) + [1.6]})
+    fig.photographic = True  # shown at one pixel per point (see sharp_inline_figures)
     for row in range(n):
         true_name = class_names[int(labels[row])]
         pictures = [(images[row], true_name)] if originals is None else [

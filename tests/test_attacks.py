@@ -406,3 +406,23 @@ def test_chapter5_attacks_are_values_with_kernels_equal_to_the_attack(name, sett
     x, y = images_and_labels(36, 5)
     attack = attacks.get(name, **settings)
     torch.testing.assert_close(attack.kernel(MODEL)(x, y), attack(MODEL, x, y))
+
+
+def test_charts_are_drawn_at_twice_the_pixels_and_photographs_at_one():
+    from IPython.core.interactiveshell import InteractiveShell
+    from matplotlib.figure import Figure
+
+    from nbutils.plots import plt, sharp_inline_figures
+    shell = InteractiveShell.instance()
+    sharp_inline_figures()
+    formatter = shell.display_formatter.formatters["image/png"]
+    from IPython.core.pylabtools import _pngxy
+    chart, photo = plt.figure(figsize=(2, 1), dpi=100), plt.figure(figsize=(2, 1), dpi=100)
+    for fig in (chart, photo):
+        fig.add_subplot().plot([0, 1])
+    data, size = formatter.lookup_by_type(Figure)(chart)
+    assert _pngxy(data)[0] // 2 == size["width"] > 150 and _pngxy(data)[1] // 2 == size["height"]  # twice the pixels
+    photo.photographic = True
+    plain = formatter.lookup_by_type(Figure)(photo)
+    assert isinstance(plain, bytes) and _pngxy(plain)[0] == size["width"]  # one pixel per point
+    plt.close("all")
