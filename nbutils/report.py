@@ -126,7 +126,8 @@ def view(table: pd.DataFrame, *, intervals=(), digits: int = 2, caption: str = "
          formats: dict[str, str] | None = None):
     """``table`` as a reader should see it (a pandas Styler): no index; the columns that hold one value
     on every row moved into the caption and those with no value dropped (those in ``keep`` stay); floats to ``digits`` places, a
-    missing value as a dash; and each rate in ``intervals`` shown as ``rate [low, high]``. formats:
+    missing value as a dash, whole numbers (counts) without decimals; and each rate in ``intervals``
+    shown as ``rate [low, high]``. formats:
     {column: format string} for columns shown otherwise, e.g. ``{"eps": "{:g}"}``.
 
     intervals: column names whose bounds are ``<name>_low`` and ``<name>_high``, or a mapping
@@ -149,7 +150,9 @@ def view(table: pd.DataFrame, *, intervals=(), digits: int = 2, caption: str = "
     notes = [f"{c}: {shown[c].iloc[0]}" for c in constant]
     title = "; ".join(([caption] if caption else []) + notes)
     shown = shown.drop(columns=constant + empty)
-    styler = shown.style.hide(axis="index").format({c: f for c, f in (formats or {}).items() if c in shown.columns},
+    counts = {c: "{:.0f}" for c in shown.columns if pd.api.types.is_float_dtype(shown[c])
+              and (shown[c].dropna() % 1 == 0).all() and c not in bounds}  # e.g. n_images, NaN on some rows
+    styler = shown.style.hide(axis="index").format(counts | {c: f for c, f in (formats or {}).items() if c in shown.columns},
                                                   precision=digits, na_rep="–")
     styler.set_uuid("v" + hashlib.sha1(shown.to_csv().encode()).hexdigest()[:10])  # the same table, the same HTML
     return styler.set_table_attributes('class="dataframe"').set_caption(title)

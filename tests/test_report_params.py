@@ -190,3 +190,11 @@ def test_stack_rates_gives_one_row_per_rate_with_its_own_bounds():
     long = report.stack_rates(table, {"top1": "top-1", "top5": "top-5"})
     assert long.to_dict("records") == [{"eps": 0.01, "value": 80.0, "low": 77.0, "high": 83.0, "rate": "top-1"},
                                        {"eps": 0.01, "value": 60.0, "low": 57.0, "high": 63.0, "rate": "top-5"}]
+
+
+def test_view_shows_counts_without_decimals_even_beside_missing_values():
+    import re
+
+    table = pd.DataFrame({"model": ["a", "b"], "n_images": [1000.0, float("nan")], "error": [20.25, 30.5]})
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", report.view(table).to_html())
+    assert cells == ["a", "1000", "20.25", "b", "–", "30.50"]

@@ -2,7 +2,8 @@
 
 ``site/check_page.js`` is injected into a copy of each built page; once MathJax has typeset, it lists
 the page's faults: a broken image, an output image or a figure without a caption, an element that
-ends past the content column, and maths left as raw TeX. Chromium's ``--dump-dom`` returns them.
+ends past the content column, and maths left as raw TeX. Chromium's ``--dump-dom`` returns them. The
+search page, opened from disk, must show each hit's passage, not its title alone.
 ``.ci/run`` installs Debian's ``chromium`` when it is missing and sets ``NBUTILS_REQUIRE_BROWSER=1``, so
 CI fails rather than skips without it.
 """
@@ -48,15 +49,22 @@ def page_faults(page: Path, profile_dir: Path) -> dict:
     source = page.read_text()
     checked = page.with_name(f"checked-{page.name}")
     checked.write_text(source.replace("</body>", f"<script>{CHECKER}</script></body>", 1))
+    dom = dump_dom(checked.as_uri(), profile_dir)
+    checked.unlink()
+    reports = re.findall(r'<pre id="site-check"[^>]*>(.*?)</pre>', dom, re.S)
+    assert reports, f"no report from Chromium for {page.name}"
+    return json.loads(html.unescape(reports[-1]))
+
+
+def dump_dom(url: str, profile_dir: Path) -> str:
+    """The DOM of ``url`` after headless Chromium has run its scripts (20 s of virtual time)."""
     result = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                              "--disable-background-networking", "--disable-component-update", "--disable-sync",
                              f"--user-data-dir={profile_dir}", f"--window-size={WINDOW}",
-                             "--virtual-time-budget=20000", "--dump-dom", checked.as_uri()],
+                             "--virtual-time-budget=20000", "--dump-dom", url],
                             capture_output=True, text=True, timeout=180)
-    checked.unlink()
-    reports = re.findall(r'<pre id="site-check"[^>]*>(.*?)</pre>', result.stdout, re.S)
-    assert reports, f"no report from Chromium for {page.name}:\n{result.stderr[-3000:]}"
-    return json.loads(html.unescape(reports[-1]))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +108,12 @@ def test_every_page_renders_for_a_reader(browser, built_site, page, tmp_path):
     assert {kind: faults[kind] for kind in FAULTS if faults[kind]} == {}
     if page.startswith("book/0"):  # a chapter: its figures were found, numbered and captioned
         assert faults["n_figures"] > 0
+
+
+@pytest.mark.slow
+def test_search_results_show_their_passage_on_a_site_opened_from_disk(browser, built_site, tmp_path):
+    # Sphinx fetches each hit's page for its passage; from file:// that needs _static/page_texts.js
+    dom = dump_dom((built_site / "search.html").as_uri() + "?q=masked+gradient", tmp_path / "chromium")
+    passages = [html.unescape(re.sub(r"<[^>]+>", "", p)) for p in re.findall(r'<p class="context"[^>]*>(.*?)</p>', dom, re.S)]
+    assert len(passages) >= 2 and all(len(p.strip()) > 40 for p in passages), passages
+    assert any("gradient" in p for p in passages)
