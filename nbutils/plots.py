@@ -139,9 +139,10 @@ def band_curves(table: pd.DataFrame, *, x: str, y: str, low: str, high: str, hue
             line, = ax.plot(rows[x], scale * rows[y], marker="o", markersize=3, label=None if key is None else str(key))
             ax.fill_between(rows[x], scale * rows[low], scale * rows[high], color=line.get_color(), alpha=0.2)
         published = None if paper is None else paper if facet is None else paper[paper[facet] == value]
-        for key, rows in ([] if published is None else published.groupby(hue, sort=False) if hue else [("paper", published)]):
+        for key, rows in ([] if published is None else published.groupby(hue, sort=False) if hue else [(None, published)]):
             rows = rows.sort_values(x)
-            ax.plot(rows[x], scale * rows[y], linestyle="--", marker="o", markersize=3, mfc="none", label=f"{key} (paper)")
+            ax.plot(rows[x], scale * rows[y], linestyle="--", marker="o", markersize=3, mfc="none",
+                    label="paper" if key is None else f"{key} (paper)")
         if facet:
             ax.set_title(str(value), fontsize=10)
         ax.set_xlabel(xlabel or x)
@@ -277,7 +278,9 @@ def fgsm_frames(model, images: torch.Tensor, labels: torch.Tensor, class_names: 
     predictions. Inline JPEGs and a few lines of inline script: no kernel, no internet.
 
     images: (N, C, H, W) in [0, 1]; labels: (N,); epsilons: in each convention's own units."""
+    import html
     import json
+    import re
 
     from .attacks import CONVENTIONS, fgsm, pixel_eps
     from .metrics import predict, topk_probabilities
@@ -291,15 +294,25 @@ def fgsm_frames(model, images: torch.Tensor, labels: torch.Tensor, class_names: 
                 frames[f"{i}|{convention}|{j}"] = {
                     "src": jpeg_data_uri(adversarial[i]),
                     "top": [[class_names[int(c)], round(float(p), 4)] for c, p in zip(top[i], probs[i])]}
-            if j == len(epsilons) - 1:  # the sign pattern is the same at every eps: show it at the largest
+            if j == len(epsilons) - 1:  # one perturbation per convention, at the largest eps: its signs are
+                # the same at every eps (clamping to [0, 1] only trims them near black and white)
                 for i in range(images.shape[0]):
                     perturbations[f"{i}|{convention}"] = jpeg_data_uri(
                         perturbation_image(adversarial[i] - images[i]), quality=70)
-    state = {"eps": [float(e) for e in epsilons], "conventions": list(CONVENTIONS),
+    convention = "normalised" if "normalised" in CONVENTIONS else CONVENTIONS[0]
+    default = {"convention": convention, "eps": epsilons.index(0.02) if 0.02 in epsilons else 0}
+    state = {"eps": [float(e) for e in epsilons], "conventions": list(CONVENTIONS), "default": default,
              "pixel255": {c: [round(255 * pixel_eps(model, float(e), c), 2) for e in epsilons] for c in CONVENTIONS},
              "names": [class_names[int(y)] for y in labels], "originals": [jpeg_data_uri(x) for x in images],
              "perturbations": perturbations, "frames": frames}
-    return _FRAMES_HTML.replace("STATE", json.dumps(state, separators=(",", ":")))
+    first = frames[f"0|{convention}|{default['eps']}"]
+    without_script = {"ORIGINAL": state["originals"][0], "PERTURBATION": perturbations[f"0|{convention}"],
+                      "ADVERSARIAL": first["src"],  # what a page that runs no script (GitHub, an untrusted notebook) shows
+                      "TOP": "".join(f"<li>{html.escape(name)} {p:.4f}</li>" for name, p in first["top"])}
+    # inside <script>, "</script>" or "<!--" in a class name must not end the script: escape < > & in the JSON
+    state_json = json.dumps(state, separators=(",", ":"))
+    values = {**without_script, "STATE": state_json.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")}
+    return re.sub(r"@([A-Z]+)@", lambda m: values[m.group(1)], _FRAMES_HTML)  # one pass: no inserted text is rescanned
 
 
 _FRAMES_HTML = """<div class="fgsm-frames" style="font-size:0.85rem">
@@ -308,18 +321,18 @@ _FRAMES_HTML = """<div class="fgsm-frames" style="font-size:0.85rem">
 <label style="margin-left:1em">eps <input data-role="eps" type="range" min="0" step="1" style="vertical-align:middle"></label>
 <span data-role="readout"></span></div>
 <div style="display:flex;gap:0.8em;flex-wrap:wrap;align-items:flex-start;margin-top:0.4em">
-<figure style="margin:0"><img data-role="original" width="112" height="112" alt="original"><figcaption>original</figcaption></figure>
-<figure style="margin:0"><img data-role="perturbation" width="112" height="112" alt="perturbation"><figcaption>perturbation (rescaled)</figcaption></figure>
-<figure style="margin:0"><img data-role="adversarial" width="112" height="112" alt="adversarial"><figcaption>adversarial</figcaption></figure>
-<ol data-role="top" style="margin:0;min-width:14em"></ol></div></div>
+<figure style="margin:0"><img data-role="original" src="@ORIGINAL@" width="112" height="112" alt="original"><figcaption>original</figcaption></figure>
+<figure style="margin:0"><img data-role="perturbation" src="@PERTURBATION@" width="112" height="112" alt="perturbation"><figcaption>perturbation (rescaled)</figcaption></figure>
+<figure style="margin:0"><img data-role="adversarial" src="@ADVERSARIAL@" width="112" height="112" alt="adversarial"><figcaption>adversarial</figcaption></figure>
+<ol data-role="top" style="margin:0;min-width:14em">@TOP@</ol></div></div>
 <script>(function () {
-  const root = document.currentScript.previousElementSibling, state = STATE;
+  const root = document.currentScript.previousElementSibling, state = @STATE@;
   const part = (role) => root.querySelector(`[data-role="${role}"]`);
   state.names.forEach((n, i) => part("image").add(new Option(`${i}: ${n}`, i)));
   state.conventions.forEach((c) => part("convention").add(new Option(c, c)));
   part("eps").max = state.eps.length - 1;
-  part("eps").value = Math.max(0, state.eps.indexOf(0.02));
-  part("convention").value = state.conventions.includes("normalised") ? "normalised" : state.conventions[0];
+  part("eps").value = state.default.eps;
+  part("convention").value = state.default.convention;
   function show() {
     const i = part("image").value, c = part("convention").value, j = part("eps").value;
     const frame = state.frames[`${i}|${c}|${j}`];

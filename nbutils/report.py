@@ -125,36 +125,46 @@ def stack_rates(table: pd.DataFrame, rates: dict[str, str]) -> pd.DataFrame:
 def view(table: pd.DataFrame, *, intervals=(), digits: int = 2, caption: str = "", keep: Sequence[str] = (),
          formats: dict[str, str] | None = None):
     """``table`` as a reader should see it (a pandas Styler): no index; the columns that hold one value
-    on every row moved into the caption and those with no value dropped (those in ``keep`` stay); floats to ``digits`` places, a
-    missing value as a dash, whole numbers (counts) without decimals; and each rate in ``intervals``
-    shown as ``rate [low, high]``. formats:
-    {column: format string} for columns shown otherwise, e.g. ``{"eps": "{:g}"}``.
+    on every row moved into the caption and those with no value dropped (those in ``keep`` stay);
+    floats to ``digits`` places, a missing value as a dash, counts (columns named ``n``, ``n_*``,
+    ``correct`` or ``total``) without decimals; each rate in ``intervals`` shown as
+    ``rate [low, high]``; text escaped for HTML. formats: {column: format string} for columns shown
+    otherwise, e.g. ``{"eps": "{:g}"}``.
 
     intervals: column names whose bounds are ``<name>_low`` and ``<name>_high``, or a mapping
     {column: (low column, high column)}; the bound columns are dropped from the view."""
     import hashlib
 
+    if table.columns.duplicated().any():
+        raise ValueError(f"duplicate column names: {list(table.columns[table.columns.duplicated()])}")
     bounds = dict(intervals) if isinstance(intervals, dict) else {c: (f"{c}_low", f"{c}_high") for c in intervals}
     missing = [c for column, pair in bounds.items() for c in (column, *pair) if c not in table.columns]
     if missing:
         raise ValueError(f"interval columns {missing} are not in the table, which has {list(table.columns)}")
+    formats = dict(formats or {})
+
+    def text(column, value) -> str:
+        if pd.isna(value):
+            return "–"
+        if column in formats:
+            return formats[column].format(value)
+        return f"{value:.{digits}f}" if isinstance(value, float) and not float(value).is_integer() else str(value)
+
     shown = table.copy()
-    number = f"{{:.{digits}f}}"
     for column, (low, high) in bounds.items():
-        shown[column] = [("–" if pd.isna(v) else f"{number.format(v)} [{number.format(lo)}, {number.format(hi)}]")
+        shown[column] = [("–" if pd.isna(v) else f"{v:.{digits}f}" + ("" if pd.isna(lo) or pd.isna(hi) else
+                                                                    f" [{lo:.{digits}f}, {hi:.{digits}f}]"))
                          for v, lo, hi in zip(shown[column], shown[low], shown[high])]
     shown = shown.drop(columns=[c for pair in bounds.values() for c in pair])
-    empty = [c for c in shown.columns if c not in keep and shown[c].isna().all()]
+    empty = [] if shown.empty else [c for c in shown.columns if c not in keep and shown[c].isna().all()]
     constant = [c for c in shown.columns if len(shown) > 1 and c not in [*keep, *empty] and shown[c].nunique() == 1
                 and shown[c].notna().all()]
-    notes = [f"{c}: {shown[c].iloc[0]}" for c in constant]
-    title = "; ".join(([caption] if caption else []) + notes)
+    title = "; ".join(([caption] if caption else []) + [f"{c}: {text(c, shown[c].iloc[0])}" for c in constant])
     shown = shown.drop(columns=constant + empty)
-    counts = {c: "{:.0f}" for c in shown.columns if pd.api.types.is_float_dtype(shown[c])
-              and (shown[c].dropna() % 1 == 0).all() and c not in bounds}  # e.g. n_images, NaN on some rows
-    styler = shown.style.hide(axis="index").format(counts | {c: f for c, f in (formats or {}).items() if c in shown.columns},
-                                                  precision=digits, na_rep="–")
-    styler.set_uuid("v" + hashlib.sha1(shown.to_csv().encode()).hexdigest()[:10])  # the same table, the same HTML
+    counts = {c: "{:.0f}" for c in shown.columns if str(c) in ("n", "correct", "total") or str(c).startswith("n_")}
+    styler = shown.style.hide(axis="index").format(counts | {c: f for c, f in formats.items() if c in shown.columns},
+                                                  precision=digits, na_rep="–", escape="html")
+    styler.set_uuid("v" + hashlib.sha1((title + shown.to_csv()).encode()).hexdigest()[:10])  # same table, same HTML
     return styler.set_table_attributes('class="dataframe"').set_caption(title)
 
 

@@ -296,10 +296,12 @@ def test_a_batch_run_shows_the_static_explorer_whose_frames_are_the_attacks_resu
     from nbutils.plots import BATCH_ENV, fgsm_explorer
     monkeypatch.setenv(BATCH_ENV, "1")
     x, y = images_and_labels(50, 2)
-    names = [f"class {i}" for i in range(10)]
+    names = [f"class {i}" for i in range(9)] + ['</script><!-- "9" & co']  # a name must not end the script
     page = fgsm_explorer(MODEL, x, y, names, epsilons=(0.0, 0.05), k=3).data
     assert "http" not in page  # no CDN, no remote image: it works offline
-    state = json.loads(re.search(r"state = (\{.*?\});", page).group(1))
+    assert page.count("</script>") == 1 and page.count("<script>") == 1 and "@" not in page  # placeholders all filled
+    assert page.count('src="data:image/jpeg;base64,') == 3  # a default frame for a page that runs no script
+    state = json.loads(re.search(r"state = (\{.*?\});\n", page).group(1))
     assert sorted(state["frames"]) == sorted(f"{i}|{c}|{j}" for i in range(2) for c in ("pixel", "normalised") for j in range(2))
     adversarial = attacks.fgsm(MODEL, x, y, eps=0.05, convention="pixel")
     top = predict(MODEL, adversarial).softmax(1).topk(3)
@@ -426,3 +428,4 @@ def test_charts_are_drawn_at_twice_the_pixels_and_photographs_at_one():
     plain = formatter.lookup_by_type(Figure)(photo)
     assert isinstance(plain, bytes) and _pngxy(plain)[0] == size["width"]  # one pixel per point
     plt.close("all")
+    InteractiveShell.clear_instance()  # later tests run outside IPython again

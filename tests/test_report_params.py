@@ -198,3 +198,16 @@ def test_view_shows_counts_without_decimals_even_beside_missing_values():
     table = pd.DataFrame({"model": ["a", "b"], "n_images": [1000.0, float("nan")], "error": [20.25, 30.5]})
     cells = re.findall(r"<td[^>]*>([^<]*)</td>", report.view(table).to_html())
     assert cells == ["a", "1000", "20.25", "b", "–", "30.50"]
+
+
+def test_view_handles_an_empty_table_missing_bounds_html_and_duplicate_columns():
+    import re
+
+    empty = report.view(pd.DataFrame({"model": [], "error": []}), caption="none").to_html()
+    assert [h.strip() for h in re.findall(r"<th[^>]*>([^<]*)</th>", empty)] == ["model", "error"]
+    table = pd.DataFrame({"name": ["<b>x</b>", "y"], "error": [0.5, 0.25], "error_low": [float("nan"), 0.2],
+                          "error_high": [0.7, 0.3]})
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", report.view(table, intervals=["error"]).to_html())
+    assert cells == ["&lt;b&gt;x&lt;/b&gt;", "0.50", "y", "0.25 [0.20, 0.30]"]  # escaped; no half-interval
+    with pytest.raises(ValueError, match="duplicate"):
+        report.view(pd.DataFrame([[1, 2]], columns=["a", "a"]))

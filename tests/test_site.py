@@ -106,7 +106,7 @@ def test_the_checker_finds_each_kind_of_fault(browser, tmp_path):
 def test_every_page_renders_for_a_reader(browser, built_site, page, tmp_path):
     faults = page_faults(built_site / f"{page}.html", tmp_path / "chromium")
     assert {kind: faults[kind] for kind in FAULTS if faults[kind]} == {}
-    if page.startswith("book/0"):  # a chapter: its figures were found, numbered and captioned
+    if page.startswith("book/0"):  # a chapter: its output figures were found, numbered and captioned
         assert faults["n_figures"] > 0
 
 

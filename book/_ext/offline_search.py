@@ -2,9 +2,9 @@
 
 Sphinx's search page fetches each hit's page to show the passage around the match; a browser refuses
 ``fetch`` of a file:// URL, so offline every hit shows its title alone. After the build, this writes
-``_static/page_texts.js`` (each page's article, scripts, styles, images and code removed) and has the
-search page answer its own fetches from it when it is opened from disk. Served over http, nothing
-changes.
+``_static/page_texts.js`` (each page's article, scripts, styles, images and code removed); the search
+page, when it is opened from disk, loads it and answers its own fetches of a page from it. Served over
+http, the search page loads nothing more and fetches as before.
 """
 from __future__ import annotations
 
@@ -17,12 +17,15 @@ from sphinx.application import Sphinx
 PAGE_TEXTS = "_static/page_texts.js"
 FETCH_FROM_PAGE_TEXTS = """<script>
 if (location.protocol === "file:") {
+  document.write('<script src="_static/page_texts.js"><\\/script>');
+  const root = new URL(".", location.href).pathname;  // the site's root: search.html lies there
   const fetchOnline = window.fetch.bind(window);
   window.fetch = (url, ...rest) => {
-    const page = new URL(url, location.href).pathname.replace(/\\.html$/, "");
-    const key = Object.keys(window.NBUTILS_PAGE_TEXTS || {}).find((name) => page.endsWith("/" + name));
-    return key === undefined ? fetchOnline(url, ...rest)
-      : Promise.resolve(new Response(`<div role="main">${window.NBUTILS_PAGE_TEXTS[key]}</div>`));
+    const path = new URL(url, location.href).pathname;
+    const page = path.startsWith(root) ? path.slice(root.length).replace(/\\.html$/, "") : null;
+    const texts = window.NBUTILS_PAGE_TEXTS || {};
+    return page !== null && page in texts
+      ? Promise.resolve(new Response(`<div role="main">${texts[page]}</div>`)) : fetchOnline(url, ...rest);
   };
 }
 </script>"""
@@ -41,16 +44,15 @@ def main_content(html: str) -> str:
 
 
 def write_page_texts(app: Sphinx, exception: Exception | None) -> None:
-    if exception is not None or app.builder.format != "html":
-        return
     out = Path(app.outdir)
+    if exception is not None or app.builder.name != "html" or not (out / "search.html").is_file():
+        return
     texts = {doc: main_content((out / f"{doc}.html").read_text(encoding="utf-8"))
              for doc in sorted(app.env.found_docs) if (out / f"{doc}.html").is_file()}
     (out / PAGE_TEXTS).write_text("window.NBUTILS_PAGE_TEXTS = " + json.dumps(texts) + ";\n", encoding="utf-8")
     search = out / "search.html"
     page = search.read_text(encoding="utf-8")
-    search.write_text(page.replace("</head>", f'<script src="{PAGE_TEXTS}"></script>\n{FETCH_FROM_PAGE_TEXTS}\n</head>', 1),
-                      encoding="utf-8")
+    search.write_text(page.replace("</head>", f"{FETCH_FROM_PAGE_TEXTS}\n</head>", 1), encoding="utf-8")
 
 
 def setup(app: Sphinx) -> dict:

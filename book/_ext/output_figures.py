@@ -2,15 +2,20 @@
 
 myst-nb's own ``mystnb.figure`` cell option wraps *every* display output of a cell (tables too) in one
 figure with one name. Here a code cell's metadata holds ``"captions": ["...", ...]``: the k-th image
-output of the cell becomes a numbered figure with the k-th caption (the last caption for any image past
-the end of the list, e.g. one figure per model in a loop). Captions live beside the code, so they
-survive a papermill re-run, and a re-run changes no code cell to add one.
+output of the cell becomes a numbered figure with caption k modulo the list's length, so a loop that
+draws the same figures for every model (one caption, or Fig. 1 and Fig. 2 per model) is captioned
+whatever the number of models. A number of images that is not a multiple of the list's length, or
+captions that are not a list of strings, is a build warning (an error under ``-W``). Captions live
+beside the code, so they survive a papermill re-run, and a re-run changes no code cell to add one.
 """
 from __future__ import annotations
 
 from docutils import nodes
 from sphinx.application import Sphinx
 from sphinx.transforms import SphinxTransform
+from sphinx.util import logging
+
+logger = logging.getLogger(__name__)
 
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/svg+xml")
 
@@ -35,16 +40,23 @@ class OutputFigures(SphinxTransform):
             if cell.get("nb_element") != "cell_code":
                 continue
             captions = (cell.get("cell_metadata") or {}).get("captions")
-            if not captions:
+            if captions is None:
                 continue
             bundles = [node for node in cell.findall(nodes.container) if _is_image_bundle(node)]
+            if not (isinstance(captions, list) and captions and all(isinstance(c, str) for c in captions)):
+                logger.warning(f"cell {cell.get('cell_index')}: 'captions' must be a list of strings, got {captions!r}",
+                               location=cell)
+                continue
+            if len(bundles) % len(captions):
+                logger.warning(f"cell {cell.get('cell_index')}: {len(bundles)} image outputs for {len(captions)} captions "
+                               f"(the images must be a whole number of rounds of the captions)", location=cell)
             for k, bundle in enumerate(bundles):
                 number += 1
                 figure = nodes.figure(ids=[f"output-figure-{number}"], classes=["output-figure"])
                 self.document.set_id(figure)
                 bundle.replace_self(figure)
                 figure += bundle
-                figure += _caption(str(captions[min(k, len(captions) - 1)]))
+                figure += _caption(captions[k % len(captions)])
 
 
 def setup(app: Sphinx) -> dict:

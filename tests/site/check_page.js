@@ -56,7 +56,7 @@
   function report(extra) {
     const result = { broken_images: brokenImages(), uncaptioned_figures: uncaptionedFigures(),
                      too_wide: tooWide(), unrendered_maths: unrenderedMaths(), errors: extra || [],
-                     n_images: document.images.length, n_figures: document.querySelectorAll("article figure").length,
+                     n_images: document.images.length, n_figures: document.querySelectorAll("article figure.output-figure").length,
                      n_maths: document.querySelectorAll("article .math").length };
     const pre = document.createElement("pre");
     pre.id = "site-check";
