@@ -282,23 +282,25 @@ def fgsm_frames(model, images: torch.Tensor, labels: torch.Tensor, class_names: 
     import json
     import re
 
-    from .attacks import CONVENTIONS, fgsm, pixel_eps
+    from .attacks import CONVENTIONS, fgsm_sweep, pixel_eps
     from .metrics import predict, topk_probabilities
 
     frames, perturbations = {}, {}
-    for convention in CONVENTIONS:
-        for j, eps in enumerate(epsilons):
-            adversarial = fgsm(model, images, labels, eps=float(eps), convention=convention)
-            probs, top = topk_probabilities(predict(model, adversarial), k)
+    for convention in CONVENTIONS:  # one input gradient per convention gives every eps (attacks.fgsm_sweep)
+        sweep = fgsm_sweep(model, images, labels, epsilons=[float(e) for e in epsilons], convention=convention,
+                           batch_size=images.shape[0], return_images=True)
+        adversarials = sweep.adversarials.to(images.device)  # (E, N, C, H, W)
+        probs, top = topk_probabilities(predict(model, adversarials.flatten(0, 1)), k)
+        for j in range(len(epsilons)):
             for i in range(images.shape[0]):
+                row = j * images.shape[0] + i
                 frames[f"{i}|{convention}|{j}"] = {
-                    "src": jpeg_data_uri(adversarial[i]),
-                    "top": [[class_names[int(c)], round(float(p), 4)] for c, p in zip(top[i], probs[i])]}
-            if j == len(epsilons) - 1:  # one perturbation per convention, at the largest eps: its signs are
-                # the same at every eps (clamping to [0, 1] only trims them near black and white)
-                for i in range(images.shape[0]):
-                    perturbations[f"{i}|{convention}"] = jpeg_data_uri(
-                        perturbation_image(adversarial[i] - images[i]), quality=70)
+                    "src": jpeg_data_uri(adversarials[j, i]),
+                    "top": [[class_names[int(c)], round(float(p), 4)] for c, p in zip(top[row], probs[row])]}
+        for i in range(images.shape[0]):  # one perturbation per convention, at the largest eps: its signs are
+            # the same at every eps (clamping to [0, 1] only trims them near black and white)
+            perturbations[f"{i}|{convention}"] = jpeg_data_uri(perturbation_image(adversarials[-1, i] - images[i]),
+                                                               quality=70)
     convention = "normalised" if "normalised" in CONVENTIONS else CONVENTIONS[0]
     default = {"convention": convention, "eps": epsilons.index(0.02) if 0.02 in epsilons else 0}
     state = {"eps": [float(e) for e in epsilons], "conventions": list(CONVENTIONS), "default": default,
