@@ -9,7 +9,9 @@ Evaluation (images/s, 4 placements each):
   ours      nbutils.patch.evaluate_patch
   tutorial  torch.no_grad, per-image placement loop, 4 placements
 With --precision, also bf16 autocast + channels_last against fp32 (a GPU option): step throughput,
-and the target rate of a patch trained each way (needs pretrained weights to mean anything).
+and the target rate of a patch trained each way (needs pretrained weights to mean anything). With
+--determinism, two seeded trainings with PyTorch's deterministic algorithms off and two with them on:
+whether each pair gives identical patches, and what the mode costs.
 
     python3 benchmarks/patch_train.py --model efficientnet_lite0 --device cpu --steps 5
     python3 benchmarks/patch_train.py --model resnet101 --weights random --device cuda --precision
@@ -135,6 +137,36 @@ def precision_benchmarks(args, device, images, labels):
     print(f"bf16+channels_last speed-up over fp32: {results['bf16+channels_last'] / results['fp32']:.2f}x")
 
 
+def determinism_benchmarks(args, device, images):
+    """PyTorch's deterministic algorithms off, then on (chapter 2's ``deterministic`` parameter): two
+    seeded trainings of one patch each way, whether they give identical patches, and the time each took."""
+    import time
+
+    from nbutils.chapter import deterministic_algorithms
+    from nbutils.models import imagenet_model
+
+    n = min(images.shape[0], args.determinism_images)
+    for enabled in (False, True):
+        deterministic_algorithms(enabled)
+        torch.manual_seed(0)
+        model = imagenet_model(args.model, args.weights, device=device)  # built in the mode, as the chapter does
+        patches, seconds = [], []
+        try:
+            for _ in range(2):
+                start = time.perf_counter()
+                patches.append(train_patch(model, images[:n], TARGET, args.size, epochs=args.precision_epochs, seed=0,
+                                           progress=False).patch)
+                seconds.append(time.perf_counter() - start)
+        except RuntimeError as err:
+            print(f"deterministic {enabled}: training failed: {str(err).splitlines()[0]}")
+            continue
+        difference = (patches[0] - patches[1]).abs().max().item()
+        print(f"deterministic {enabled}: two seeded trainings ({n} images, {args.precision_epochs} epochs) "
+              f"{'identical' if difference == 0 else f'differ by up to {difference:.3g}'}; "
+              f"{min(seconds):.2f} s a training")
+    deterministic_algorithms(False)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="efficientnet_lite0")
@@ -146,7 +178,10 @@ def main():
     parser.add_argument("--eval-images", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--precision", action="store_true", help="also bf16 autocast + channels_last vs fp32")
-    parser.add_argument("--precision-epochs", type=int, default=2)
+    parser.add_argument("--precision-epochs", type=int, default=2, help="epochs of the --precision and --determinism trainings")
+    parser.add_argument("--determinism", action="store_true",
+                        help="also two seeded trainings with deterministic algorithms off, then on: identical? how slow?")
+    parser.add_argument("--determinism-images", type=int, default=320)
     args = parser.parse_args()
 
     device = default_device(args.device)
@@ -165,6 +200,8 @@ def main():
     eval_benchmarks(model, images, labels, device, args)
     if args.precision:
         precision_benchmarks(args, device, images, labels)
+    if args.determinism:
+        determinism_benchmarks(args, device, images)
 
 
 if __name__ == "__main__":

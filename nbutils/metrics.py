@@ -88,6 +88,33 @@ def wilson_interval(successes, total, *, confidence: float = 0.95):
     return (float(low), float(high)) if low.ndim == 0 else (low, high)
 
 
+def clustered_wilson_interval(successes, trials, *, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson interval of a rate pooled over clusters of correlated trials (e.g. the 4 placements of
+    a patch on one image): ``successes`` and ``trials`` are per-cluster counts, (N,) each.
+
+    The rate is sum(successes) / sum(trials). Trials of one cluster are not independent, so the
+    interval uses Kish's effective sample size: the pooled trials divided by the design effect, the
+    ratio of the ratio estimator's cluster-sampling variance to the binomial variance (at least 1,
+    so the interval is never narrower than Wilson's on the trials). At a rate of 0 or 1 that ratio
+    cannot be estimated, and the interval is Wilson's on the clusters (as if each cluster's trials
+    were one). Returns (low, high)."""
+    import numpy as np
+
+    s, m = np.asarray(successes, dtype=float), np.asarray(trials, dtype=float)
+    if s.shape != m.shape or s.ndim != 1 or len(s) == 0:
+        raise ValueError(f"successes and trials must be 1-D arrays of the same length, got {s.shape} and {m.shape}")
+    if np.any(m <= 0) or np.any(s < 0) or np.any(s > m):
+        raise ValueError("each cluster needs trials > 0 and successes in [0, trials]")
+    total = m.sum()
+    rate = s.sum() / total
+    if not 0 < rate < 1 or len(s) == 1:
+        effective = float(len(s))
+    else:
+        cluster_variance = len(s) / (len(s) - 1) * np.sum((s - rate * m) ** 2) / total ** 2
+        effective = total / max(1.0, cluster_variance / (rate * (1 - rate) / total))
+    return wilson_interval(rate * effective, effective, confidence=confidence)
+
+
 def with_intervals(table: pd.DataFrame, rate: str = "accuracy", total: str = "n_images", *,
                    percent: bool = False) -> pd.DataFrame:
     """``table`` with ``<rate>_low`` and ``<rate>_high``: the 95 % Wilson interval of each row's rate
@@ -96,6 +123,25 @@ def with_intervals(table: pd.DataFrame, rate: str = "accuracy", total: str = "n_
     scale = 100.0 if percent else 1.0
     low, high = wilson_interval((table[rate] / scale * table[total]).round(), table[total])
     return table.assign(**{f"{rate}_low": scale * low, f"{rate}_high": scale * high})
+
+
+def seed_envelope(table: pd.DataFrame, by: str | Sequence[str], rate: str = "accuracy", total: str = "total") -> pd.DataFrame:
+    """A rate measured once per training seed (one row per seed in each ``by`` group), summarised
+    across seeds without leaving [0, 1]: columns ``by``..., n_seeds, ``rate`` (the mean over seeds),
+    ``<rate>_min`` and ``<rate>_max`` (the seeds' extremes) and ``<rate>_low``, ``<rate>_high``: the
+    lowest and highest bound of the seeds' 95 % Wilson intervals (over each seed's ``total`` trials).
+    That envelope covers both the test-set sampling of each seed and the spread between seeds: a
+    published number outside it is one no seed of this run is consistent with."""
+    by = [by] if isinstance(by, str) else list(by)
+    missing = [c for c in by + [rate, total] if c not in table.columns]
+    if missing:
+        raise ValueError(f"columns {missing} are not in the table, which has {list(table.columns)}")
+    low, high = wilson_interval((table[rate] * table[total]).round(), table[total])
+    bounded = table.assign(_low=low, _high=high)
+    grouped = bounded.groupby(by, sort=False)
+    return grouped.agg(**{"n_seeds": (rate, "size"), rate: (rate, "mean"), f"{rate}_min": (rate, "min"),
+                          f"{rate}_max": (rate, "max"), f"{rate}_low": ("_low", "min"),
+                          f"{rate}_high": ("_high", "max")}).reset_index()
 
 
 def mean_interval(table: pd.DataFrame, by: str | Sequence[str], value: str, *, confidence: float = 0.95) -> pd.DataFrame:
@@ -237,8 +283,8 @@ def robustness_table(models: Mapping[str, nn.Module], attacks: Mapping[str, Call
     models: {defence name: model}, each evaluated in eval mode. attacks: :class:`nbutils.attacks.Attack`
     values (``attacks.get("pgd", eps=0.3, ...)``, listed by their ``name``), or {name: callable
     (model, images, labels) -> adversarial images}. images: (N, C, H, W) in [0, 1]; labels: (N,).
-    Columns: defence, attack, accuracy (fraction classified correctly after the attack),
-    clean_accuracy, n_images, success (fraction of clean-correct images the attack turned wrong),
+    Columns: defence, attack, accuracy (fraction classified correctly after the attack) with its 95 %
+    Wilson interval (accuracy_low, accuracy_high), clean_accuracy, n_images, success (fraction of clean-correct images the attack turned wrong),
     median_linf and median_l2 (size of those successful perturbations; NaN when none), seconds
     (wall time of the attack). progress: a bar over the attacks of each model.
     """
@@ -269,7 +315,9 @@ def robustness_table(models: Mapping[str, nn.Module], attacks: Mapping[str, Call
                 right = _predict(model, adversarial, batch_size=batch_size).argmax(1) == labels
                 turned = clean_right & ~right
                 delta = (adversarial - images).flatten(1).cpu()[turned]
+                low, high = wilson_interval(int(right.sum()), int(labels.shape[0]))
                 rows.append({"defence": defence, "attack": attack, "accuracy": right.double().mean().item(),
+                             "accuracy_low": low, "accuracy_high": high,
                              "clean_accuracy": clean_right.double().mean().item(), "n_images": int(labels.shape[0]),
                              "success": turned.sum().item() / max(int(clean_right.sum()), 1),
                              "median_linf": delta.abs().amax(1).median().item() if len(delta) else float("nan"),

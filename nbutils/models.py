@@ -82,6 +82,34 @@ class Classifier(nn.Module):
                 "mean": self.mean.tolist(), "std": self.std.tolist(), "resize": self.resize, "crop": self.crop}
 
 
+class DeterministicAdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
+    """``nn.AdaptiveAvgPool2d`` whose gradient is deterministic on a GPU where it can be: a global pool
+    (output 1 x 1) is a mean over height and width, and a pool whose output size equals its input's
+    is the identity (AlexNet's at 224 pixels). Any other size falls back to PyTorch's pool, whose CUDA
+    backward has no deterministic version (it then stops a deterministic run with PyTorch's error)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = (self.output_size,) * 2 if isinstance(self.output_size, int) else tuple(self.output_size)
+        if size == (1, 1):
+            return x.mean((-2, -1), keepdim=True)
+        if size == tuple(x.shape[-2:]):
+            return x
+        return super().forward(x)
+
+
+def deterministic_pooling(net: nn.Module) -> nn.Module:
+    """Replace, in place, every ``nn.AdaptiveAvgPool2d`` of ``net`` by a
+    :class:`DeterministicAdaptiveAvgPool2d` of the same output size; returns ``net``. The ImageNet
+    models' global pools (and RegNet's squeeze-and-excitation pools) then back-propagate without the
+    CUDA kernel that PyTorch's deterministic mode refuses."""
+    for name, child in list(net.named_children()):
+        if isinstance(child, nn.AdaptiveAvgPool2d) and not isinstance(child, DeterministicAdaptiveAvgPool2d):
+            setattr(net, name, DeterministicAdaptiveAvgPool2d(child.output_size))
+        else:
+            deterministic_pooling(child)
+    return net
+
+
 def freeze(model: nn.Module) -> nn.Module:
     """Eval mode and no parameter gradients: attacks differentiate with respect to inputs only."""
     model.eval()
@@ -211,6 +239,9 @@ def imagenet_model(name: str, weights: str | None = None, *, download: bool = Fa
     "IMAGENET1K_V2"), "standin" for the stand-in, or "random" (seeded by the caller, for timing);
     default: IMAGENET1K_V1, or the stand-in's own. download: fetch missing torchvision weights
     (checksummed); otherwise a missing file raises FileNotFoundError naming it, its URL and TORCH_HOME.
+    Built while PyTorch's deterministic algorithms are on (``nbutils.chapter.deterministic_algorithms``,
+    the chapters' ``deterministic`` parameter), its adaptive average pools are made deterministic
+    (:func:`deterministic_pooling`), so that an attack's backward pass runs on a GPU in that mode.
     """
     check_choice(name, IMAGENET_MODELS, "model name")
     available = weights_names(name)
@@ -220,6 +251,8 @@ def imagenet_model(name: str, weights: str | None = None, *, download: bool = Fa
         model = _standin_classifier(weights, channels_last)
     else:
         model = _torchvision_classifier(name, weights, download, channels_last)
+    if torch.are_deterministic_algorithms_enabled():
+        deterministic_pooling(model)
     return freeze(model).to(device)
 
 

@@ -187,12 +187,14 @@ RULES: dict[str, Rule] = {
     "epsilons": _PIXEL_EPS, "sweep_epsilons": _PIXEL_EPS, "fgsm_epsilons": _PIXEL_EPS, "eps_figure": _PIXEL_EPS,
     "eps": _PIXEL_EPS, "attack_eps": _PIXEL_EPS, "bim_eps": _PIXEL_EPS, "adaptive_eps": _PIXEL_EPS,
     "l2_eps": Rule(0.0, 28.0),  # the L2 diameter of [0, 1]^(28 x 28)
+    "l2_budgets": Rule(0.0, 28.0, open_low=True, element=float), "l2_steps": _STEPS, "l2_restarts": _COUNT,
+    "n_l2": _COUNT, "n_seeds": _COUNT,
     "pgd_steps": _STEPS, "pgd_restarts": _COUNT, "pgd_train_steps": _STEPS, "cw_steps": _STEPS,
     "cw_search_steps": _STEPS, "iterations": _STEPS, "deepfool_steps": _STEPS, "adaptive_steps": _STEPS,
     "deepfool_overshoot": Rule(low=0.0), "lam": _POSITIVE, "adaptive_weights": Rule(low=0.0, element=float),
     # patches
     "targets": Rule(choices=_imagenet_classes, element=str), "figure_target": Rule(choices=_imagenet_classes),
-    "sizes": Rule(1, 224, element=int), "figure_size": Rule(1, 224), "placements": _COUNT,
+    "sizes": Rule(1, 224, element=int), "figure_size": Rule(1, 224), "placements": _COUNT, "runs": _COUNT,
     "val_fraction": Rule(0.0, 1.0, open_low=True, open_high=True),
     # training
     "epochs": _EPOCHS, "sweep_epochs": _EPOCHS, "finetune_epochs": _EPOCHS, "mixed_epochs": _EPOCHS,
@@ -259,6 +261,12 @@ def _adversarial_patch(cfg: SimpleNamespace) -> None:
                 f"the figures' patch {cfg.figure_target!r} is not among the trained targets {cfg.targets}")
     check_agree(cfg.figure_size in cfg.sizes, ["figure_size", "sizes"],
                 f"the figures' patch size {cfg.figure_size} is not among the trained sizes {cfg.sizes}")
+    from .data import IMAGENET_SUBSETS
+    loaded = cfg.n_images or IMAGENET_SUBSETS[cfg.dataset]
+    held_out = round(loaded * cfg.val_fraction)
+    check_agree(held_out >= 1 and cfg.runs * held_out < loaded, ["runs", "val_fraction", "n_images"],
+                f"{cfg.runs} runs each holding out their own {held_out} of the {loaded} images leave no image to "
+                "train on (or hold out none)")
 
 
 def _defensive_distillation(cfg: SimpleNamespace) -> None:

@@ -24,7 +24,9 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Sequence
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -90,6 +92,38 @@ def check_positions(positions, images: torch.Tensor, size: int) -> torch.Tensor:
         raise ValueError(f"positions must keep the {size} x {size} patch inside the {h} x {w} images: "
                          f"top in [0, {h - size}], left in [0, {w - size}]")
     return positions.long()
+
+
+def check_index(index, n: int, name: str = "index") -> torch.Tensor:
+    """A 1-D integer tensor of distinct positions in [0, n), not all of them; returned as int64 on the CPU."""
+    if not isinstance(index, torch.Tensor) or index.dtype.is_floating_point or index.dtype == torch.bool or index.ndim != 1:
+        raise TypeError(f"{name} must be a 1-D integer torch.Tensor of image positions")
+    index = index.long().cpu()
+    if len(index) == 0 or len(index) >= n or index.min() < 0 or index.max() >= n or len(index.unique()) != len(index):
+        raise ValueError(f"{name} must hold between 1 and {n - 1} distinct positions in [0, {n}), got {len(index)}")
+    return index
+
+
+def holdout_folds(n_images: int, val_fraction: float, seed: int, folds: int) -> list[torch.Tensor]:
+    """``folds`` disjoint held-out sets of ``round(n_images * val_fraction)`` image positions each.
+
+    Fold 0 is the split :func:`train_patch` draws for ``seed`` by itself (so a run on fold 0 is the
+    plain protocol); the other folds are consecutive chunks of the remaining images in an order drawn
+    by the same generator. A patch trained with ``val_index=fold r`` has trained on every other
+    fold's images: scoring every run's patch on the same images and placements pairs, image by
+    image, the rate on images a patch trained on with the rate on images it never saw
+    (:func:`protocol_effects`). Returns int64 tensors on the CPU.
+    """
+    check_fraction(val_fraction, "val_fraction")
+    check_seed(seed)
+    check_positive_int(folds, "folds")
+    n_val = round(n_images * val_fraction)
+    if n_val < 1 or folds * n_val >= n_images:
+        raise ValueError(f"{folds} folds of {n_val} held-out images leave no training image among {n_images}")
+    generator = torch.Generator().manual_seed(seed)
+    rest, first = split_indices(n_images, n_val, generator)
+    rest = rest[torch.randperm(len(rest), generator=generator)]
+    return [first] + [rest[(r - 1) * n_val:r * n_val] for r in range(1, folds)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,14 +236,17 @@ def patch_train_step(model: nn.Module, images: torch.Tensor, parameter: torch.Te
 
 def train_patch(model: nn.Module, images: torch.Tensor, target: int, size: int, *, epochs: int = 5,
                 batch_size: int = 32, lr: float = 0.1, momentum: float = 0.8, val_fraction: float = 0.1,
-                seed: int = 0, autocast_dtype: torch.dtype | None = None, progress: bool = True) -> TrainedPatch:
+                val_index: torch.Tensor | None = None, seed: int = 0, autocast_dtype: torch.dtype | None = None,
+                progress: bool = True) -> TrainedPatch:
     """Train a ``size`` x ``size`` patch that makes ``model`` predict class ``target``.
 
     images: (N, C, H, W) pixels in [0, 1] (any device; batches move to the model's). The tutorial
     protocol by default (module docstring): a seeded random split keeps ``val_fraction`` of the
     images out of training; each epoch shuffles the rest and drops the last partial batch; every
     image gets a fresh uniformly random position. One CPU generator seeded with ``seed`` draws the
-    split, the shuffles and the positions. The model runs in eval mode; its weights are untouched.
+    split, the shuffles and the positions. val_index: the held-out images (positions, e.g. one fold
+    of :func:`holdout_folds`) instead of a random ``val_fraction`` of them; the generator then draws
+    only the shuffles and positions. The model runs in eval mode; its weights are untouched.
     Returns a :class:`TrainedPatch` with per-epoch loss and training target rate.
     """
     check_images(images)
@@ -224,7 +261,13 @@ def train_patch(model: nn.Module, images: torch.Tensor, target: int, size: int, 
     check_flag(progress, "progress")
     device = model_device(model)
     generator = torch.Generator().manual_seed(seed)
-    train_index, val_index = split_indices(images.shape[0], round(images.shape[0] * val_fraction), generator)
+    if val_index is None:
+        train_index, val_index = split_indices(images.shape[0], round(images.shape[0] * val_fraction), generator)
+    else:
+        val_index = check_index(val_index, images.shape[0], "val_index")
+        kept = torch.ones(images.shape[0], dtype=torch.bool)
+        kept[val_index] = False
+        train_index = kept.nonzero().squeeze(1)
     steps = len(train_index) // batch_size
     if steps == 0:
         raise ValueError(f"{len(train_index)} training images make no full batch of {batch_size}")
@@ -248,7 +291,7 @@ def train_patch(model: nn.Module, images: torch.Tensor, target: int, size: int, 
             rates.append(epoch_hits.item() / (steps * batch_size))
             bar.set_postfix(loss=f"{losses[-1]:.3f}", target_rate=f"{rates[-1]:.3f}")
     settings = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "momentum": momentum,
-                "val_fraction": val_fraction, "n_images": int(images.shape[0]),
+                "val_fraction": val_fraction, "held_out": len(val_index), "n_images": int(images.shape[0]),
                 "autocast": str(autocast_dtype) if autocast_dtype else None}
     return TrainedPatch(patch_pixels(parameter).detach().cpu(), target, size, seed, train_index, val_index,
                         losses, rates, settings)
@@ -272,17 +315,25 @@ class PatchScore:
 
     def rates(self, index: torch.Tensor | None = None) -> dict:
         """Top-1 and top-5 target rates (fractions in [0, 1]) over the eligible images (of ``index`` if
-        given), and the number of images and of (image, placement) trials counted."""
+        given), each with its 95 % interval (``top1_low``, ``top1_high``, ...: Wilson's, widened for
+        the correlation of one image's placements, :func:`nbutils.metrics.clustered_wilson_interval`),
+        and the number of images and of (image, placement) trials counted."""
+        from .metrics import clustered_wilson_interval
+
         mask = self.eligible.clone()
         if index is not None:
             keep = torch.zeros_like(mask)
             keep[index] = True
             mask &= keep
-        trials = int(mask.sum()) * self.placements
-        if trials == 0:
+        n_images = int(mask.sum())
+        if n_images == 0:
             raise ValueError("no image whose true class differs from the target: nothing to score")
-        return {"top1": int(self.top1_hits[mask].sum()) / trials, "top5": int(self.top5_hits[mask].sum()) / trials,
-                "n_images": int(mask.sum()), "n_trials": trials}
+        trials = n_images * self.placements
+        rates = {"n_images": n_images, "n_trials": trials}
+        for name, hits in (("top1", self.top1_hits[mask]), ("top5", self.top5_hits[mask])):
+            low, high = clustered_wilson_interval(hits.numpy(), [self.placements] * n_images)
+            rates |= {name: int(hits.sum()) / trials, f"{name}_low": low, f"{name}_high": high}
+        return rates
 
 
 def evaluate_patch_kernel(model: nn.Module, x: torch.Tensor, positions: torch.Tensor, *, patch: torch.Tensor,
@@ -347,7 +398,8 @@ def cached_patch(cache_dir: str | os.PathLike, model: nn.Module, images: torch.T
     """
     model_id = f"{getattr(model, 'name', type(model).__name__)}:{getattr(model, 'weights_id', '')}"
     settings = {"target": target, "size": size, "seed": seed, "images": tensor_digest(images),
-                **{k: str(v) for k, v in sorted(train_kwargs.items()) if k != "progress"}}
+                **{k: tensor_digest(v) if torch.is_tensor(v) else str(v) for k, v in sorted(train_kwargs.items())
+                   if k != "progress"}}
     path = Path(cache_dir) / patch_key(model_id, target, size, seed, settings)
 
     def train() -> tuple[TrainedPatch, dict]:
@@ -368,18 +420,84 @@ PROTOCOLS = (
 )
 
 
-def score_protocols(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, trained: TrainedPatch, *,
-                    placements: int = 4, seed: int = 0, batch_size: int = 128) -> list[dict]:
-    """Score ``trained`` under each of :data:`PROTOCOLS` with the same random positions.
+def protocol_scores(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, trained: TrainedPatch, *,
+                    placements: int = 4, seed: int = 0, batch_size: int = 128) -> dict[bool, PatchScore]:
+    """Per-image hits of ``trained`` over every image, stacked (the tutorial's bug) and not: {stacked:
+    :class:`PatchScore`}. Both passes paste at the same seeded positions (``seed``), so any two
+    patches scored with one seed meet the same images at the same places."""
+    return {stacked: evaluate_patch(model, images, labels, trained.patch, trained.target, placements=placements,
+                                    stacked=stacked, seed=seed, batch_size=batch_size) for stacked in (True, False)}
 
-    Two passes over ``images`` (stacked and not); the held-out score is the unstacked pass restricted
-    to ``trained.val_index``. Returns one dict per protocol: protocol, top1, top5 (fractions),
-    n_images, n_trials.
-    """
-    scores = {stacked: evaluate_patch(model, images, labels, trained.patch, trained.target, placements=placements,
-                                      stacked=stacked, seed=seed, batch_size=batch_size) for stacked in (True, False)}
+
+def protocol_rates(scores: dict[bool, PatchScore], trained: TrainedPatch) -> list[dict]:
+    """One dict per protocol of :data:`PROTOCOLS`: protocol and :meth:`PatchScore.rates` (the held-out
+    score is the unstacked pass restricted to ``trained.val_index``)."""
     return [{"protocol": name, **scores[stacked].rates(None if scope == "all" else trained.val_index)}
             for name, stacked, scope in PROTOCOLS]
+
+
+def score_protocols(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, trained: TrainedPatch, *,
+                    placements: int = 4, seed: int = 0, batch_size: int = 128) -> list[dict]:
+    """Score ``trained`` under each of :data:`PROTOCOLS` with the same random positions: two passes over
+    ``images`` (:func:`protocol_scores`), then :func:`protocol_rates`. Returns one dict per protocol:
+    protocol, top1, top5 (fractions) with their intervals, n_images, n_trials.
+    """
+    scores = protocol_scores(model, images, labels, trained, placements=placements, seed=seed, batch_size=batch_size)
+    return protocol_rates(scores, trained)
+
+
+def image_hits(scores: dict[bool, PatchScore], trained: TrainedPatch) -> pd.DataFrame:
+    """One row per eligible image: image (position), trained_on (the patch trained on it), and the
+    fraction of its placements where the target was top-1 / top-5, stacked and one patch at a time
+    (``stacked_top1``, ``stacked_top5``, ``single_top1``, ``single_top5``)."""
+    on = torch.ones_like(scores[False].eligible)
+    on[trained.val_index] = False
+    keep = scores[False].eligible
+    columns = {"image": keep.nonzero().squeeze(1).numpy(), "trained_on": on[keep].numpy()}
+    for stacked, prefix in ((True, "stacked"), (False, "single")):
+        score = scores[stacked]
+        columns |= {f"{prefix}_top1": (score.top1_hits[keep] / score.placements).numpy(),
+                    f"{prefix}_top5": (score.top5_hits[keep] / score.placements).numpy()}
+    return pd.DataFrame(columns)
+
+
+def protocol_effects(hits: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """The two flaws of the tutorial's scoring, measured paired over the same images and placements.
+
+    hits: :func:`image_hits` rows of several patches, with the columns ``by`` (e.g. model and size),
+    ``run`` (which training run; runs hold out different folds, :func:`holdout_folds`) and any others
+    (e.g. target). Per group of ``by`` and rank (top1, top5), in fractions:
+
+    * **stacking**: stacked minus one-patch rate of each image, averaged over the group's patches;
+    * **training images**: for each image held out by exactly one run, its one-patch rate under the
+      runs that trained on it minus its rate under the run that did not, averaged over the group's
+      patches (the other columns' values, e.g. targets); needs two runs or more.
+
+    The estimate is the mean over images of those per-image differences, with a 95 % Student-t
+    interval over images (the image is the unit: its placements and its patches are not
+    independent). Columns: ``by``..., effect, rank, estimate, low, high, n_images.
+    """
+    from .metrics import mean_interval
+
+    by = list(by)
+    rows = []
+    for rank in ("top1", "top5"):
+        stacking = hits.assign(difference=hits[f"stacked_{rank}"] - hits[f"single_{rank}"])
+        per_image = stacking.groupby(by + ["image"], sort=False)["difference"].mean().reset_index()
+        rows.append(mean_interval(per_image, by, "difference").assign(effect="stacking", rank=rank))
+        if hits["run"].nunique() < 2:
+            continue
+        patch_keys = [c for c in hits.columns if c not in by + ["run", "image", "trained_on"] and not
+                      c.startswith(("stacked_", "single_"))]
+        held_out = hits[~hits["trained_on"]][by + patch_keys + ["image", f"single_{rank}"]]
+        seen = (hits[hits["trained_on"]].groupby(by + patch_keys + ["image"], sort=False)[f"single_{rank}"].mean()
+                .rename("seen").reset_index())
+        paired = held_out.merge(seen, on=by + patch_keys + ["image"])
+        paired["difference"] = paired["seen"] - paired[f"single_{rank}"]
+        per_image = paired.groupby(by + ["image"], sort=False)["difference"].mean().reset_index()
+        rows.append(mean_interval(per_image, by, "difference").assign(effect="training images", rank=rank))
+    table = pd.concat(rows, ignore_index=True).rename(columns={"mean": "estimate", "n": "n_images"})
+    return table[by + ["effect", "rank", "estimate", "low", "high", "n_images"]]
 
 
 def target_indices(names, class_names: list[str]) -> dict[str, int]:

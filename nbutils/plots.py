@@ -123,35 +123,43 @@ def curves(table: pd.DataFrame, *, x: str = "eps", hue: str = "model", style: st
 
 
 def band_curves(table: pd.DataFrame, *, x: str, y: str, low: str, high: str, hue: str | None = None,
-                facet: str | None = None, xlabel: str | None = None, ylabel: str | None = None, title: str = "",
-                percent: bool = True, logx: bool = False, paper: pd.DataFrame | None = None):
-    """``y`` against ``x`` with a shaded interval [``low``, ``high``]: one panel per ``facet`` value,
-    one line per ``hue`` value (legend under the panels, off the data); None: a single panel or line.
-    percent: values are fractions drawn as 0-100 %. logx: a log x-axis. paper: optional rows with
-    the columns x, y (and facet, hue), drawn dashed with hollow markers and no band. Returns the figure."""
+                facet: str | None = None, row: str | None = None, xlabel: str | None = None, ylabel: str | None = None,
+                title: str = "", percent: bool = True, logx: bool = False, paper: pd.DataFrame | None = None):
+    """``y`` against ``x`` with a shaded interval [``low``, ``high``]: one panel per ``facet`` value (and
+    one row of panels per ``row`` value), one line per ``hue`` value (legend under the panels, off the
+    data); None: a single panel or line. percent: values are fractions drawn as 0-100 %. logx: a log
+    x-axis. paper: optional rows with the columns x, y (and facet, row, hue), drawn dashed with hollow
+    markers and no band. Returns the figure."""
     scale = 100.0 if percent else 1.0
     facets = list(dict.fromkeys(table[facet])) if facet else [None]
-    fig, axes = plt.subplots(1, len(facets), figsize=(4.2 * len(facets), 3.6), squeeze=False, sharey=True)
-    for ax, value in zip(axes[0], facets):
-        panel = table if facet is None else table[table[facet] == value]
+    rows_of_panels = list(dict.fromkeys(table[row])) if row else [None]
+    width = 4.2 if len(facets) < 4 else 2.8
+    fig, axes = plt.subplots(len(rows_of_panels), len(facets), figsize=(width * len(facets), 3.2 * len(rows_of_panels) + 0.4),
+                             squeeze=False, sharey=True, sharex=True)
+    for (i, row_value), (j, value) in ((a, b) for a in enumerate(rows_of_panels) for b in enumerate(facets)):
+        ax = axes[i, j]
+        keep = {k: v for k, v in ((facet, value), (row, row_value)) if k}
+        panel = table.loc[(table[list(keep)] == pd.Series(keep)).all(axis=1)] if keep else table
         for key, rows in (panel.groupby(hue, sort=False) if hue else [(None, panel)]):
             rows = rows.sort_values(x)
             line, = ax.plot(rows[x], scale * rows[y], marker="o", markersize=3, label=None if key is None else str(key))
             ax.fill_between(rows[x], scale * rows[low], scale * rows[high], color=line.get_color(), alpha=0.2)
-        published = None if paper is None else paper if facet is None else paper[paper[facet] == value]
+        published = None if paper is None else paper.loc[(paper[list(keep)] == pd.Series(keep)).all(axis=1)] if keep else paper
         for key, rows in ([] if published is None else published.groupby(hue, sort=False) if hue else [(None, published)]):
             rows = rows.sort_values(x)
             ax.plot(rows[x], scale * rows[y], linestyle="--", marker="o", markersize=3, mfc="none",
                     label="paper" if key is None else f"{key} (paper)")
-        if facet:
-            ax.set_title(str(value), fontsize=10)
-        ax.set_xlabel(xlabel or x)
+        if keep:
+            ax.set_title(", ".join(str(v) for v in (value, row_value) if v is not None), fontsize=10)
+        if i == len(rows_of_panels) - 1:
+            ax.set_xlabel(xlabel or x)
         if logx:
             ax.set_xscale("log")
         ax.grid(alpha=0.3)
         if percent:
             ax.set_ylim(-2, 102)
-    axes[0, 0].set_ylabel((ylabel or y) + (" (%)" if percent else ""))
+    for i in range(len(rows_of_panels)):
+        axes[i, 0].set_ylabel((ylabel or y) + (" (%)" if percent else ""))
     legend_rows = 0
     if hue:
         handles, labels = axes[0, 0].get_legend_handles_labels()
@@ -176,6 +184,35 @@ def sweep_curves(table: pd.DataFrame, *, x: str, y: str, hue: str | None = None,
     summary = mean_interval(table, [k for k in (facet, hue) if k] + [x], y)
     return band_curves(summary, x=x, y="mean", low="low", high="high", hue=hue, facet=facet, xlabel=xlabel,
                        ylabel=ylabel or y, title=title, percent=percent, logx=logx)
+
+
+def facet_lines(table: pd.DataFrame, *, x: str, y: str, hue: str, facet: str, units: str | None = None,
+                xlabel: str | None = None, ylabel: str | None = None, title: str = "", percent: bool = True,
+                col_wrap: int = 5):
+    """``y`` against ``x``, one small panel per ``facet`` value and one line per ``hue`` value (seaborn's
+    ``relplot``), instead of every line in one panel. units: a column whose values are drawn as
+    separate thin lines of the same colour (e.g. training runs). percent: fractions drawn as 0-100 %.
+    Returns the figure."""
+    import seaborn as sns
+
+    data = table.assign(**{y: 100 * table[y]}) if percent else table
+    grid = sns.relplot(data=data, x=x, y=y, hue=hue, col=facet, col_wrap=min(col_wrap, data[facet].nunique()),
+                       kind="line", marker="o", markersize=4, units=units, estimator=None if units else "mean",
+                       linewidth=1 if units else 1.5, alpha=0.8, palette="viridis", height=2.6, aspect=1.0,
+                       facet_kws={"sharey": True})
+    grid.set_titles("{col_name}")
+    grid.set_axis_labels(xlabel or x, (ylabel or y) + (" (%)" if percent else ""))
+    if percent:
+        grid.set(ylim=(-2, 102))
+    for ax in grid.axes.flat:
+        ax.grid(alpha=0.3)
+    sns.move_legend(grid, "lower center", bbox_to_anchor=(0.5, -0.02), ncol=data[hue].nunique(), frameon=False,
+                    title=hue)
+    if title:
+        import textwrap
+        grid.figure.suptitle(textwrap.fill(title, int(9 * grid.figure.get_figwidth())), fontsize=11)
+    grid.figure.tight_layout(rect=(0, 0.08, 1, 1))
+    return grid.figure
 
 
 def heatmap(ax, table: pd.DataFrame, *, fmt: str = "{:.1f}", vmin: float = 0, vmax: float = 100, title: str = ""):

@@ -123,7 +123,7 @@ def stack_rates(table: pd.DataFrame, rates: dict[str, str]) -> pd.DataFrame:
 
 
 def view(table: pd.DataFrame, *, intervals=(), digits: int = 2, caption: str = "", keep: Sequence[str] = (),
-         formats: dict[str, str] | None = None):
+         formats: dict[str, str] | None = None, percent: Sequence[str] = ()):
     """``table`` as a reader should see it (a pandas Styler): no index; the columns that hold one value
     on every row moved into the caption and those with no value dropped (those in ``keep`` stay);
     floats to ``digits`` places, a missing value as a dash, counts (columns named ``n``, ``n_*``,
@@ -132,16 +132,22 @@ def view(table: pd.DataFrame, *, intervals=(), digits: int = 2, caption: str = "
     otherwise, e.g. ``{"eps": "{:g}"}``.
 
     intervals: column names whose bounds are ``<name>_low`` and ``<name>_high``, or a mapping
-    {column: (low column, high column)}; the bound columns are dropped from the view."""
+    {column: (low column, high column)}; the bound columns are dropped from the view.
+    percent: columns that hold fractions (rates, and differences of rates) to show as percentages
+    (their interval bounds too); the table itself is not changed. Results keep fractions: this is
+    the one place they become percent."""
     import hashlib
 
     if table.columns.duplicated().any():
         raise ValueError(f"duplicate column names: {list(table.columns[table.columns.duplicated()])}")
     bounds = dict(intervals) if isinstance(intervals, dict) else {c: (f"{c}_low", f"{c}_high") for c in intervals}
     missing = [c for column, pair in bounds.items() for c in (column, *pair) if c not in table.columns]
+    missing += [c for c in percent if c not in table.columns]
     if missing:
-        raise ValueError(f"interval columns {missing} are not in the table, which has {list(table.columns)}")
+        raise ValueError(f"interval or percent columns {missing} are not in the table, which has {list(table.columns)}")
     formats = dict(formats or {})
+    scaled = [c for column in percent for c in (column, *bounds.get(column, ()))]
+    table = table.assign(**{c: 100 * table[c] for c in scaled})
 
     def text(column, value) -> str:
         if pd.isna(value):

@@ -1,5 +1,7 @@
 """Accuracy under FGSM in the sound and the source protocol, the masked-gradient signature, and
 the paper's distillation tables."""
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from nbutils import paper
@@ -150,3 +152,31 @@ def test_robustness_table_refuses_two_attacks_with_one_name():
     model, x, y = tiny_classifier(), torch.rand(4, 3, 8, 8), torch.randint(0, 10, (4,))
     with pytest.raises(ValueError, match="distinct names"):
         robustness_table({"m": model}, [attacks.get("fgsm", eps=0.1), attacks.get("fgsm", eps=0.1)], x, y)
+
+
+def test_clustered_wilson_matches_wilson_for_independent_trials_and_widens_for_clustered_ones():
+    from nbutils.metrics import clustered_wilson_interval, wilson_interval
+
+    # one trial per cluster: the design effect is at most ~1, Wilson's interval on the trials
+    single = np.array([1] * 30 + [0] * 70)
+    assert clustered_wilson_interval(single, np.ones(100)) == pytest.approx(wilson_interval(30, 100), rel=1e-2)
+    # all-or-nothing clusters of 4: as informative as 100 trials, not 400
+    clustered = np.array([4] * 30 + [0] * 70)
+    low, high = clustered_wilson_interval(clustered, np.full(100, 4))
+    assert (low, high) == pytest.approx(wilson_interval(30, 100), rel=1e-2)  # up to the n / (n - 1) correction
+    assert high - low > np.subtract(*wilson_interval(120, 400)[::-1])
+    with pytest.raises(ValueError, match="successes"):
+        clustered_wilson_interval([5], [4])
+
+
+def test_seed_envelope_covers_every_seed_and_stays_in_the_unit_interval():
+    from nbutils.metrics import seed_envelope, wilson_interval
+
+    table = pd.DataFrame({"eps": [0.1, 0.1, 0.1, 0.3, 0.3, 0.3], "accuracy": [0.9, 0.95, 0.92, 0.0, 0.01, 0.0],
+                          "total": [100] * 6})
+    summary = seed_envelope(table, "eps").set_index("eps")
+    assert summary.loc[0.1, "n_seeds"] == 3 and summary.loc[0.1, "accuracy"] == pytest.approx(0.9233333)
+    assert summary.loc[0.1, "accuracy_low"] == pytest.approx(wilson_interval(90, 100)[0])
+    assert summary.loc[0.1, "accuracy_high"] == pytest.approx(wilson_interval(95, 100)[1])
+    assert summary["accuracy_low"].min() >= 0 and summary["accuracy_high"].max() <= 1
+    assert summary.loc[0.3, "accuracy_min"] == 0.0 and summary.loc[0.3, "accuracy_max"] == 0.01

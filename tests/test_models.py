@@ -93,3 +93,33 @@ def test_standin_classifies_the_mirrors_goldfish_as_goldfish(mirror):
     goldfish = data.imagenet_sample(classes=[1])
     probs, index = metrics.topk_probabilities(metrics.predict(model, goldfish.images))
     assert model.class_names[index[0, 0]] == "goldfish" and probs[0, 0] > 0.5
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet101", "alexnet", "regnet_y_400mf"])
+def test_models_built_in_deterministic_mode_pool_without_the_nondeterministic_kernel(name):
+    from nbutils.models import DeterministicAdaptiveAvgPool2d
+
+    torch.manual_seed(0)
+    plain = imagenet_model(name, weights="random")
+    torch.use_deterministic_algorithms(True)
+    try:
+        torch.manual_seed(0)
+        deterministic = imagenet_model(name, weights="random")
+    finally:
+        torch.use_deterministic_algorithms(False)
+    pools = [m for m in deterministic.modules() if isinstance(m, torch.nn.AdaptiveAvgPool2d)]
+    assert pools and all(isinstance(m, DeterministicAdaptiveAvgPool2d) for m in pools)
+    assert not any(isinstance(m, DeterministicAdaptiveAvgPool2d) for m in plain.modules())
+    x = torch.rand(2, 3, 224, 224, requires_grad=True)
+    (gp,) = torch.autograd.grad(plain(x).sum(), x)
+    (gd,) = torch.autograd.grad(deterministic(x).sum(), x)
+    assert torch.allclose(plain(x), deterministic(x), rtol=1e-5, atol=1e-6) and torch.allclose(gp, gd, rtol=1e-4, atol=1e-6)
+
+
+def test_a_deterministic_pool_of_another_size_falls_back_to_pytorchs():
+    from nbutils.models import DeterministicAdaptiveAvgPool2d
+
+    x = torch.rand(1, 2, 7, 5)
+    assert torch.equal(DeterministicAdaptiveAvgPool2d((3, 2))(x), torch.nn.AdaptiveAvgPool2d((3, 2))(x))
+    assert torch.equal(DeterministicAdaptiveAvgPool2d((7, 5))(x), x)
+    assert torch.allclose(DeterministicAdaptiveAvgPool2d(1)(x), x.mean((-2, -1), keepdim=True))

@@ -7,6 +7,7 @@ from torch import nn
 from nbutils.models import Classifier
 from nbutils.patch import (cached_patch, evaluate_patch, place_patch, patch_pixels, random_positions,
                            train_patch)
+from nbutils.metrics import wilson_interval
 from conftest import tiny_classifier
 
 
@@ -91,7 +92,9 @@ def test_evaluation_skips_target_class_images_and_counts_placements():
     labels = torch.tensor([0, 1, 2, 1, 0, 2])  # two images are of the target class 1
     score = evaluate_patch(counting_model(), x, labels, torch.ones(3, 2, 2), target=1, placements=3)
     rates = score.rates()
-    assert rates == {"top1": 1.0, "top5": 1.0, "n_images": 4, "n_trials": 12}
+    assert {k: rates[k] for k in ("top1", "top5", "n_images", "n_trials")} == {"top1": 1.0, "top5": 1.0, "n_images": 4,
+                                                                               "n_trials": 12}
+    assert (rates["top1_low"], rates["top1_high"]) == pytest.approx(wilson_interval(4, 4))  # 4 of 4 images, not 12 trials
     assert score.top1_hits.tolist() == [3] * 6
     blank = evaluate_patch(counting_model(), x, labels, torch.zeros(3, 2, 2), target=1, placements=3).rates()
     assert blank["top1"] == 0.0 and blank["top5"] == 1.0  # class 1 is always in a 3-class top-5
@@ -200,3 +203,66 @@ def test_protocols_share_positions_and_the_sound_one_scores_held_out_images_only
     assert target_indices(["3", "7"], model.class_names) == {"3": 3, "7": 7}
     with pytest.raises(ValueError, match="unknown target"):
         target_indices(["toaster"], model.class_names)
+
+
+def test_holdout_folds_are_disjoint_and_fold_0_is_the_plain_protocols_split():
+    from nbutils.patch import holdout_folds
+
+    folds = holdout_folds(50, 0.1, seed=3, folds=4)
+    assert [len(f) for f in folds] == [5, 5, 5, 5]
+    assert len(torch.cat(folds).unique()) == 20, "held-out sets must not overlap"
+    plain = train_patch(tiny_classifier(), images(50), target=1, size=3, epochs=1, batch_size=8, seed=3, progress=False)
+    assert torch.equal(plain.val_index, folds[0])
+    with pytest.raises(ValueError, match="leave no training image"):
+        holdout_folds(50, 0.1, seed=3, folds=10)
+
+
+def test_a_patch_trained_with_explicit_held_out_images_never_sees_them():
+    x = images(40)
+    held = torch.tensor([3, 7, 11, 30])
+    trained = train_patch(tiny_classifier(), x, target=2, size=3, epochs=1, batch_size=8, val_index=held, seed=1,
+                          progress=False)
+    assert torch.equal(trained.val_index, held)
+    assert sorted(trained.train_index.tolist()) == [i for i in range(40) if i not in held.tolist()]
+    with pytest.raises(ValueError, match="val_index"):
+        train_patch(tiny_classifier(), x, target=2, size=3, val_index=torch.tensor([1, 1]), progress=False)
+    with pytest.raises(TypeError, match="val_index"):
+        train_patch(tiny_classifier(), x, target=2, size=3, val_index=[1, 2], progress=False)
+
+
+def test_protocol_effects_pair_each_image_with_itself():
+    import pandas as pd
+
+    from nbutils.patch import protocol_effects
+    # three runs; image i is held out by run i % 3 (runs hold out disjoint folds); two targets
+    rows = []
+    for run in range(3):
+        for target in ("a", "b"):
+            for image in range(30):
+                seen = image % 3 != run
+                rows.append({"model": "m", "size": 8, "target": target, "run": run, "image": image, "trained_on": seen,
+                             # the stacked rate is 0.25 above the single one; images the patch saw score 0.5 higher
+                             "single_top1": 0.1 + 0.5 * seen + 0.01 * image, "stacked_top1": 0.35 + 0.5 * seen + 0.01 * image,
+                             "single_top5": 0.2, "stacked_top5": 0.2})
+    effects = protocol_effects(pd.DataFrame(rows), by=["model", "size"]).set_index(["effect", "rank"])
+    assert effects.loc[("stacking", "top1"), "estimate"] == pytest.approx(0.25)
+    assert effects.loc[("training images", "top1"), "estimate"] == pytest.approx(0.5)
+    assert effects.loc[("training images", "top5"), "estimate"] == pytest.approx(0.0)
+    assert effects.loc[("training images", "top1"), "n_images"] == 30
+    # the per-image differences are constant, so the intervals collapse onto the estimate
+    assert effects.loc[("stacking", "top1"), "low"] == pytest.approx(0.25)
+    one_run = protocol_effects(pd.DataFrame(rows).query("run == 0"), by=["model", "size"])
+    assert set(one_run["effect"]) == {"stacking"}, "one run cannot pair seen and unseen images"
+
+
+def test_rates_carry_intervals_that_widen_when_placements_agree():
+    from nbutils.patch import PatchScore
+
+    eligible = torch.ones(40, dtype=torch.bool)
+    alike = PatchScore(torch.tensor([4] * 20 + [0] * 20), torch.tensor([4] * 40), eligible, placements=4)
+    mixed = PatchScore(torch.tensor([2] * 40), torch.tensor([4] * 40), eligible, placements=4)
+    a, m = alike.rates(), mixed.rates()
+    assert a["top1"] == m["top1"] == 0.5
+    assert a["top1_low"] <= 0.5 <= a["top1_high"] and m["top1_low"] <= 0.5 <= m["top1_high"]
+    assert a["top1_high"] - a["top1_low"] > m["top1_high"] - m["top1_low"], "correlated placements carry less information"
+    assert a["top5_high"] == 1.0 and a["top5_low"] == pytest.approx(wilson_interval(40, 40)[0])

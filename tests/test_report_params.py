@@ -211,3 +211,14 @@ def test_view_handles_an_empty_table_missing_bounds_html_and_duplicate_columns()
     assert cells == ["&lt;b&gt;x&lt;/b&gt;", "0.50", "y", "0.25 [0.20, 0.30]"]  # escaped; no half-interval
     with pytest.raises(ValueError, match="duplicate"):
         report.view(pd.DataFrame([[1, 2]], columns=["a", "a"]))
+
+
+def test_view_shows_fractions_as_percent_bounds_included_and_leaves_the_table_alone():
+    import re
+
+    table = pd.DataFrame({"target": ["a", "b"], "top1": [0.5, 0.125], "top1_low": [0.4, 0.1], "top1_high": [0.6, 0.2]})
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", report.view(table, intervals=["top1"], percent=["top1"], digits=1).to_html())
+    assert cells == ["a", "50.0 [40.0, 60.0]", "b", "12.5 [10.0, 20.0]"]
+    assert table["top1"].tolist() == [0.5, 0.125]
+    with pytest.raises(ValueError, match="top5"):
+        report.view(table, percent=["top5"])
