@@ -20,7 +20,7 @@ fi
 export PYTHONPATH=$root:$root/.devenv
 python3 -c "import torch, timm, papermill, nbutils; print('torch', torch.__version__, 'timm', timm.__version__, \
 'papermill', papermill.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')" || exit 1
-export NBUTILS_RESULTS=/tmp/nbresults NBUTILS_CACHE=/tmp/nbcache NBUTILS_BATCH=1
+export NBUTILS_RESULTS=/tmp/nbresults/$group NBUTILS_CACHE=/tmp/nbcache NBUTILS_BATCH=1
 export NBUTILS_GIT_COMMIT=${NBUTILS_GIT_COMMIT:-unknown}
 
 step "data"
