@@ -11,7 +11,11 @@ Modules by concept, ground floor first:
   ``patch`` (the adversarial patch), ``train`` (training on device tensors, a cache of trained nets),
   siblings that share only the ground floor;
 * ``defences`` (defensive distillation), ``metrics`` (accuracy, accuracy under attack, gradient
-  masking);
+  masking, Wilson intervals; ROC, AUC and DeLong's interval of a detector's AUC);
+* ``em`` (batched EM kernels over a leading mixture dimension; imports nothing from the package),
+  ``gmm`` (scikit-learn's Gaussian mixture in torch, and one mixture per group in one batched EM),
+  ``detect`` (I-defender: hidden states, the per-class detector's score and rejection rule, its
+  evaluation against an attack, the attacker who knows it, the choice of mixture);
 * ``plots``, ``report`` (provenance, tidy results, paper-vs-run tables), ``params`` (profiles),
   ``chapter`` (the run helper a chapter calls once), ``paper`` (the papers' published numbers),
   ``sweep`` (grids of chapter runs on Dask: resumable, aggregated).

@@ -40,6 +40,14 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def class_scores(model: nn.Module, output: torch.Tensor) -> torch.Tensor:
+    """The (N, K) class scores in a model's ``output``: ``model.class_scores(output)`` where the model
+    defines it (e.g. a detector head whose output appends other columns to the logits), else the
+    output itself. Every attack and metric that picks a class reads it through this helper."""
+    read = getattr(model, "class_scores", None)
+    return read(output) if callable(read) else output
+
+
 @contextmanager
 def module_mode(model: nn.Module, *, training: bool):
     """Run ``model`` in train (dropout on, batch statistics) or eval mode (no dropout, running

@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from functools import partial
-from pathlib import Path
 
 import pandas as pd
 import torch
 from torch import nn
 
-from .attacks import input_gradient
+from .attacks import FGSM
 from .batching import model_device, module_mode, run_batched
 from .checks import check_eps, check_model_fits, check_positive_int, check_seed, checked_inputs
-from .files import settings_key, state_digest, tensor_digest
-from .metrics import _predict
+from .files import cache_entry, state_digest
+from .metrics import class_logits
 from .train import cached_module, fit
 
 
@@ -32,27 +30,23 @@ def _label_probability(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
     return logits.softmax(1).gather(1, labels[:, None]).squeeze(1)
 
 
-def _augment_kernel(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lam: float) -> torch.Tensor:
-    grad, _ = input_gradient(model, x, y, loss=_label_probability)
-    return x + lam * grad.sign()
-
-
 def jacobian_augmentation(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, lam: float, *,
                           batch_size: int = 512) -> torch.Tensor:
     """The new points of one Jacobian-based augmentation: ``x + lam * sign(d softmax(model(x))_y / dx)``
     for each image x with label y, (N, C, H, W), in eval mode, not clipped to [0, 1] (as cleverhans'
     ``jacobian_augmentation``). images: (N, C, H, W); labels: (N,) the labels the substitute was
     trained on. Unchecked (see :func:`train_substitute`)."""
+    step = FGSM(eps=lam, loss=_label_probability, clip=False)  # ascends softmax_y, unclamped
     with module_mode(model, training=False):
-        return run_batched(partial(_augment_kernel, model, lam=lam), (images, labels), device=model_device(model),
-                           batch_size=batch_size, out_device=images.device)
+        return run_batched(step.prepare(model), (images, labels), device=model_device(model), batch_size=batch_size,
+                           out_device=images.device)
 
 
 def oracle_labels(oracle: nn.Module, images: torch.Tensor, *, batch_size: int = 512) -> torch.Tensor:
     """The labels the black box answers for ``images`` (N, C, H, W): its argmax, (N,) int64 on the
     images' device; the attacker sees nothing else."""
     with module_mode(oracle, training=False):
-        return _predict(oracle, images, batch_size=batch_size, out_device=images.device).argmax(1)
+        return class_logits(oracle, images, batch_size=batch_size, out_device=images.device).argmax(1)
 
 
 @dataclass
@@ -115,8 +109,8 @@ def train_substitute(substitute: nn.Module, oracle: nn.Module, images: torch.Ten
 
     if cache_dir is None:
         return train()
-    key = dict(settings, substitute=getattr(substitute, "name", type(substitute).__name__),
-               init=state_digest(substitute), oracle=state_digest(oracle), images=tensor_digest(images),
-               labels=tensor_digest(labels), val=tensor_digest(val_images), device=device.type)
-    path = Path(cache_dir) / settings_key(f"substitute_{key['substitute']}_seed{seed}", key)
+    name = getattr(substitute, "name", type(substitute).__name__)
+    path, key = cache_entry(cache_dir, f"substitute_{name}_seed{seed}",
+                            dict(settings, substitute=name, oracle=state_digest(oracle), device=device.type),
+                            weights=substitute, data={"images": images, "labels": labels, "val": val_images})
     return cached_module(path, key, substitute, train, SubstituteHistory)

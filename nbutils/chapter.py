@@ -31,7 +31,7 @@ from . import params, plots, report
 from .batching import default_device
 from .data import add_data_root
 from .colab import on_colab
-from .files import cached, project_root, settings_key
+from .files import cache_entry, cached, project_root
 
 RESULTS_ENV = "NBUTILS_RESULTS"
 CACHE_ENV = "NBUTILS_CACHE"
@@ -129,10 +129,10 @@ class ChapterRun:
         """The tables of one finished ``step`` (e.g. one model's sweep), kept in the run's cache as soon as
         ``compute()`` returns them, so a re-run after an interruption (a Colab runtime that died) repeats
         no finished step. The entry is keyed by the chapter, ``step``, ``settings``, the device type and
-        the package version (:func:`nbutils.files.cached`: a mismatched or unreadable one is recomputed)."""
-        from . import __version__
-        key = {"chapter": self.chapter, "step": step, **settings, "device": self.device.type, "nbutils": __version__}
-        path = self.cache / settings_key(f"{self.chapter}_{step}", key)
+        the package's code (:func:`nbutils.files.cache_entry`: an entry of other code, or a mismatched or
+        unreadable one, is recomputed)."""
+        path, key = cache_entry(self.cache, f"{self.chapter}_{step}",
+                                {"chapter": self.chapter, "step": step, **settings, "device": self.device.type})
 
         def run_step():
             tables = compute()
@@ -145,24 +145,27 @@ class ChapterRun:
         return tables
 
 
-def start(chapter: str, profiles: Mapping[str, dict], namespace: Mapping, *, cache: str | None = None,
-          expected: Mapping[tuple[str, str], str] | None = None) -> ChapterRun:
-    """Settle a chapter's parameters and prepare its run.
+def start(page: str | params.Page, namespace: Mapping) -> ChapterRun:
+    """Settle a page's parameters and prepare its run; the first call of every chapter's setup cell.
 
-    chapter: the notebook's stem; profiles: {profile: {parameter: default}}; namespace: the
-    notebook's ``globals()``, holding ``profile`` and every parameter of the profiles (None: the
-    profile's value). Parameters ``device``, ``seed``, ``data_dir``, ``results_dir`` and (with
-    ``cache``, the cache's kind, e.g. "models") ``cache_dir`` are acted on here. A bad value, or
-    parameters that disagree, stop the run with an error naming the parameter (see
-    :func:`nbutils.params.settle` and :data:`nbutils.params.AGREEMENTS`), before any data is loaded. expected:
-    a note on the run time by (profile, device type), printed before the work starts after
-    the committed run's measured time and peak memory (:func:`nbutils.report.measured_run`).
+    page: the notebook's stem (its declaration in :data:`nbutils.profiles.PAGES`), or a
+    :class:`nbutils.params.Page`; namespace: the notebook's ``globals()``, holding ``profile`` and
+    every declared parameter (None: the profile's value), and what papermill injected. A bad value,
+    parameters that disagree, or an injected name the page does not declare stop the run with an error
+    naming them (:meth:`nbutils.params.Page.settle`), before any data is loaded. Parameters
+    ``device``, ``seed``, ``deterministic``, ``data_dir``, ``results_dir`` and ``cache_dir`` (for a
+    page that keeps a cache) are acted on here. Before the work starts it prints the committed run's
+    measured time and peak memory (:func:`nbutils.report.measured_run`) and the page's note on the
+    expected run time for this profile and device.
     """
-    profile = params.check_choice(namespace.get("profile"), list(profiles), "profile")
+    if isinstance(page, str):
+        from .profiles import PAGES
+        page = PAGES[params.check_choice(page, list(PAGES), "page")]
     warnings.formatwarning = portable_formatwarning
     plots.sharp_inline_figures()
-    cfg = params.settle(profiles, profile, **{name: namespace.get(name) for name in profiles[profile]})
-    params.AGREEMENTS.get(chapter, lambda cfg: None)(cfg)
+    given = {**{name: namespace.get(name) for name in page.names}, **params.injected(namespace)}
+    given.pop("profile", None)
+    cfg = page.settle(namespace.get("profile"), given)
     if getattr(cfg, "data_dir", ""):
         add_data_root(cfg.data_dir)
     if hasattr(cfg, "seed"):  # a page that only gathers runs (the sweeps) has none
@@ -171,19 +174,19 @@ def start(chapter: str, profiles: Mapping[str, dict], namespace: Mapping, *, cac
         cfg.download = True  # Colab has the internet: fetch the paper's weights and data
     deterministic_algorithms(getattr(cfg, "deterministic", False))
     device = default_device(cfg.device)
-    results = Path(cfg.results_dir) if getattr(cfg, "results_dir", "") else default_results_dir(profile, chapter)
+    results = Path(cfg.results_dir) if getattr(cfg, "results_dir", "") else default_results_dir(cfg.profile, page.name)
     results.mkdir(parents=True, exist_ok=True)
     cache_dir = None
-    if cache is not None:
-        cache_dir = Path(cfg.cache_dir) if getattr(cfg, "cache_dir", "") else default_cache_dir(cache)
+    if page.cache is not None:
+        cache_dir = Path(cfg.cache_dir) if getattr(cfg, "cache_dir", "") else default_cache_dir(page.cache)
         cache_dir.mkdir(parents=True, exist_ok=True)
-    run = ChapterRun(chapter, cfg, device, results, cache_dir, time.time(), report.git_commit())
-    print(f"{chapter}, profile {profile}: device {device} ({report.device_name(device)}); "
+    run = ChapterRun(page.name, cfg, device, results, cache_dir, time.time(), report.git_commit())
+    print(f"{page.name}, profile {cfg.profile}: device {device} ({report.device_name(device)}); "
           f"results -> {display_path(results)}" + (f"; cache -> {display_path(cache_dir)}" if cache_dir else ""))
     if hasattr(cfg, "deterministic"):
         print("deterministic algorithms " + ("on: seeded runs repeat exactly on this device (slower on a GPU)"
                                              if cfg.deterministic else "off: seeded GPU runs may differ slightly"))
-    notes = [report.measured_run(chapter, profile, device.type), (expected or {}).get((profile, device.type))]
-    print(f"expected time and memory ({profile} on {device.type}): "
+    notes = [report.measured_run(page.name, cfg.profile, device.type), page.expected.get((cfg.profile, device.type))]
+    print(f"expected time and memory ({cfg.profile} on {device.type}): "
           + ("; ".join(note for note in notes if note) or "not measured for this profile and device"))
     return run

@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .batching import model_device, module_mode
+from .batching import class_scores, model_device, module_mode
 
 
 def check_images(images, *, name: str = "images", pixel_range: bool = True) -> torch.Tensor:
@@ -174,7 +174,7 @@ def check_model_fits(model, images: torch.Tensor, *, name: str = "images") -> in
                         f"convert them with {name}.to({weight.dtype})")
     try:
         with module_mode(model, training=False), torch.inference_mode():
-            logits = model(images[:1].to(model_device(model)))
+            logits = class_scores(model, model(images[:1].to(model_device(model))))
     except (RuntimeError, ValueError, TypeError, IndexError) as err:
         raise ValueError(f"{name} of shape {tuple(images.shape)} do not fit the model "
                          f"({type(model).__name__}): {str(err).splitlines()[0]}") from err

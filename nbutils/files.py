@@ -3,6 +3,7 @@ download is either whole or absent), SHA-256 digests of files and tensors, and t
 loading of cache entries."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -16,6 +17,10 @@ from typing import Callable, Iterator, TypeVar
 import torch
 
 T = TypeVar("T")
+
+#: Set in the kernels of a sweep's runs and of the committed chapters' runs: a batch run, where no one
+#: moves a live widget (chapter 1's explorer is then a static page, :func:`nbutils.plots.fgsm_explorer`).
+BATCH_ENV = "NBUTILS_BATCH"
 
 
 def project_root() -> Path | None:
@@ -84,6 +89,34 @@ def settings_key(stem: str, settings: dict, suffix: str = ".pt") -> str:
     return f"{safe_stem}_{digest}{suffix}"
 
 
+@functools.lru_cache(maxsize=None)
+def code_digest() -> str:
+    """SHA-256 (hex) over the package's source files (``nbutils/**/*.py``, by path): the identity of
+    the code that made a cache entry, so that an entry made by other code is never mistaken for this
+    code's."""
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for source in sorted(package.rglob("*.py")):
+        digest.update(f"{source.relative_to(package).as_posix()}\0".encode())
+        digest.update(source.read_bytes())
+    return digest.hexdigest()
+
+
+def cache_entry(folder: str | os.PathLike, stem: str, settings: dict, *, weights: torch.nn.Module | None = None,
+                data: dict | None = None) -> tuple[Path, dict]:
+    """The one way every cache of the package names and keys an entry (trained nets, patches,
+    substitutes, a chapter's finished steps).
+
+    The key holds ``settings`` (JSON-like values), a digest of the starting ``weights`` (the module's
+    state, :func:`state_digest`), a digest of each tensor of ``data`` ({name: tensor}) and the digest
+    of the package's code (:func:`code_digest`). The file name is ``<stem>_<digest of the key without
+    the code>.pt``: after a change of code the entry is found, reported as made by other code and
+    recomputed (:func:`cached`), instead of being silently bypassed. Returns (path, key)."""
+    key = {**settings, "weights": state_digest(weights) if weights is not None else None,
+           "data": {name: tensor_digest(tensor) for name, tensor in sorted((data or {}).items())}}
+    return Path(folder) / settings_key(stem, key), {**key, "code": code_digest()}
+
+
 def save_state(state: dict, path: str | os.PathLike) -> Path:
     """``torch.save`` a dict of tensors and plain values atomically (temporary file, then rename)."""
     with atomic_path(path) as tmp:
@@ -113,6 +146,14 @@ def _settings_difference(recorded, wanted: str) -> str:
     return "it was made with other settings: " + "; ".join(f"{k}: {old.get(k)!r}, asked {new.get(k)!r}" for k in keys)
 
 
+def _only_code_differs(recorded, wanted: str) -> bool:
+    """The entry's settings equal the wanted ones but for the package's code digest."""
+    if not isinstance(recorded, str):
+        return False
+    old, new = json.loads(recorded), json.loads(wanted)
+    return "code" in new and {k: v for k, v in old.items() if k != "code"} == {k: v for k, v in new.items() if k != "code"}
+
+
 def set_aside(path: Path, reason: str) -> Path:
     """Move an unusable cache entry to ``<path>.bad-<time>`` (kept for a post-mortem, never read
     again), warn naming both paths and the reason, and return the new path."""
@@ -130,17 +171,22 @@ def cached(path: str | os.PathLike, settings: dict, compute: Callable[[], tuple[
 
     An entry that cannot be read (truncated, corrupt, not tensors-only: ``weights_only`` refuses a
     pickle payload), that records other settings (swapped or renamed) or that ``restore`` rejects
-    (another model's weights) is moved aside (:func:`set_aside`) and recomputed. Returns (value,
+    (another model's weights) is moved aside (:func:`set_aside`) and recomputed; one made by another
+    version of the code (:func:`cache_entry`) is recomputed in place, with a warning. Returns (value,
     True if it came from the entry).
     """
     path, wanted = Path(path), _settings_json(settings)
     if path.is_file():
         try:
             state = load_state(path)
-            if not isinstance(state, dict) or state.get(ENTRY_SETTINGS) != wanted:
-                raise ValueError(_settings_difference(state.get(ENTRY_SETTINGS) if isinstance(state, dict) else None,
-                                                      wanted))
-            return restore({k: v for k, v in state.items() if k != ENTRY_SETTINGS}), True
+            recorded = state.get(ENTRY_SETTINGS) if isinstance(state, dict) else None
+            if recorded != wanted and _only_code_differs(recorded, wanted):
+                warnings.warn(f"cache entry {path.name} was made by another version of the package's code; recomputed",
+                              RuntimeWarning, stacklevel=2)
+            elif recorded != wanted:
+                raise ValueError(_settings_difference(recorded, wanted))
+            else:
+                return restore({k: v for k, v in state.items() if k != ENTRY_SETTINGS}), True
         except Exception as err:  # any unreadable or mismatched entry: set it aside, never trust it
             set_aside(path, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300])
     value, state = compute()

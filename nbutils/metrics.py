@@ -2,22 +2,27 @@
 any attack, and the signature of a masked gradient. Every rate is a fraction in [0, 1]."""
 from __future__ import annotations
 
+import math
 import time
+from dataclasses import dataclass
 from functools import partial
+from statistics import NormalDist
 from typing import Callable, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from .attacks import fgsm_sweep, input_gradient
-from .batching import dropout_on, model_device, module_mode, progress_bar, run_batched
-from .checks import (check_choice, check_epsilons, check_images, check_k, check_labels, check_logits, check_model_fits,
-                     check_positive_int, check_positive_number, check_seed, checked_inputs)
+from .attacks import FGSM, Attack, check_loss, fgsm_sweep, fgsm_with_output, loss_gradient
+from .batching import class_scores, dropout_on, model_device, module_mode, progress_bar, run_batched
+from .checks import (check_choice, check_epsilons, check_fraction, check_images, check_k, check_labels, check_logits,
+                     check_model_fits, check_positive_int, check_positive_number, check_seed, checked_inputs)
 
 
 def predict(model: nn.Module, images: torch.Tensor, *, batch_size: int = 128, progress: bool = False) -> torch.Tensor:
-    """Logits (N, K) as float32 on the CPU, computed in inference mode in batches on the model's device.
+    """Class scores (logits) (N, K) as float32 on the CPU, computed in inference mode in batches on the
+    model's device (:func:`nbutils.batching.class_scores` of its output).
 
     images: (N, C, H, W) in the model's input space (pixels for a nbutils Classifier; values
     outside [0, 1] are allowed, e.g. the tutorial convention's unclamped images).
@@ -25,15 +30,16 @@ def predict(model: nn.Module, images: torch.Tensor, *, batch_size: int = 128, pr
     images = check_images(images, pixel_range=False)
     check_model_fits(model, images)
     check_positive_int(batch_size, "batch_size")
-    return _predict(model, images, batch_size=batch_size, progress=progress)
+    return class_logits(model, images, batch_size=batch_size, progress=progress)
 
 
-def _predict(model: nn.Module, images: torch.Tensor, *, batch_size: int, progress: bool = False,
-             out_device: str | torch.device = "cpu") -> torch.Tensor:
-    """:func:`predict` without the argument checks; logits land on ``out_device``."""
+def class_logits(model: nn.Module, images: torch.Tensor, *, batch_size: int, progress: bool = False,
+                 out_device: str | torch.device = "cpu") -> torch.Tensor:
+    """:func:`predict` without the argument checks (for callers that checked their inputs once); the
+    class scores land on ``out_device``."""
     with torch.inference_mode():
-        return run_batched(lambda x: model(x).float(), (images,), device=model_device(model), batch_size=batch_size,
-                           out_device=out_device, progress=progress, desc="predict")
+        return run_batched(lambda x: class_scores(model, model(x)).float(), (images,), device=model_device(model),
+                           batch_size=batch_size, out_device=out_device, progress=progress, desc="predict")
 
 
 def topk_probabilities(logits: torch.Tensor, k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
@@ -232,25 +238,25 @@ def _source_fgsm_correct(model, images, labels, epsilons, batch_size, seed) -> l
     torch.manual_seed(seed)
     counts = []
     with dropout_on(model):
-        for eps in epsilons:
-            right = run_batched(partial(_source_fgsm_kernel, model, eps=eps), (images, labels), device=device,
-                                batch_size=batch_size, out_device=device)
+        for eps in epsilons:  # the source's FGSM: cross-entropy of the plain logits, clamped to [0, 1]
+            kernel = partial(_source_fgsm_kernel, model, fgsm_settings=FGSM(eps=eps).bound(model))
+            right = run_batched(kernel, (images, labels), device=device, batch_size=batch_size, out_device=device)
             counts.append(int(right.sum()))
     return counts
 
 
-def _source_fgsm_kernel(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float) -> torch.Tensor:
-    """(B,) bool for one batch of the source's test(): right on the first (noisy) pass and on the
-    adversarial image (another dropout draw). FGSM of the plain cross-entropy, clamped to [0, 1]."""
-    grad, logits = input_gradient(model, x, y)
-    adv = (x + eps * grad.sign()).clamp(0, 1)
+def _source_fgsm_kernel(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, fgsm_settings: dict) -> torch.Tensor:
+    """(B,) bool for one batch of the source's test(): right on the first (noisy) pass, the one FGSM
+    takes its gradient from, and on the adversarial image (another dropout draw)."""
+    adv, output = fgsm_with_output(model, x, y, **fgsm_settings)
     with torch.inference_mode():
-        return (logits.argmax(1) == y) & (model(adv).argmax(1) == y)
+        return (class_scores(model, output).argmax(1) == y) & (class_scores(model, model(adv)).argmax(1) == y)
 
 
 def _masking_kernel(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, temperature: float) -> torch.Tensor:
     """(B, 5) per-image statistics of :func:`gradient_masking` for one batch on the device."""
-    grad, logits = input_gradient(model, x, y, temperature=temperature)
+    grad, output = loss_gradient(model, x, y, check_loss("ce", temperature, model))
+    logits = class_scores(model, output)
     max_prob = (logits.float() / temperature).softmax(1).amax(1)
     top2 = logits.topk(2, dim=1).values
     return torch.stack([grad.abs().flatten(1).sum(1), (grad == 0).flatten(1).all(1).float(),
@@ -302,17 +308,17 @@ def robustness_table(models: Mapping[str, nn.Module], attacks: Mapping[str, Call
         images, labels = checked_inputs(model, images, labels, batch_size)
         labels = labels.cpu()  # predictions come back to the CPU
         with module_mode(model, training=False):
-            clean_right = _predict(model, images, batch_size=batch_size).argmax(1) == labels
+            clean_right = class_logits(model, images, batch_size=batch_size).argmax(1) == labels
             for attack, run in progress_bar(attacks.items(), desc=f"attacks on {defence}", total=len(attacks),
                                             enabled=progress):
-                start = time.perf_counter()
-                adversarial = run(model, images, labels)
+                start = time.perf_counter()  # inputs checked above: an Attack runs without checking them again
+                adversarial = run.run(model, images, labels) if isinstance(run, Attack) else run(model, images, labels)
                 seconds = time.perf_counter() - start
                 if not isinstance(adversarial, torch.Tensor) or adversarial.shape != images.shape:
                     raise ValueError(f"attack {attack!r} returned {type(adversarial).__name__} "
                                      f"{tuple(getattr(adversarial, 'shape', ()))}, not images of shape {tuple(images.shape)}")
                 check_images(adversarial, name=f"the output of attack {attack!r} on {defence!r}", pixel_range=False)
-                right = _predict(model, adversarial, batch_size=batch_size).argmax(1) == labels
+                right = class_logits(model, adversarial, batch_size=batch_size).argmax(1) == labels
                 turned = clean_right & ~right
                 delta = (adversarial - images).flatten(1).cpu()[turned]
                 low, high = wilson_interval(int(right.sum()), int(labels.shape[0]))
@@ -324,3 +330,67 @@ def robustness_table(models: Mapping[str, nn.Module], attacks: Mapping[str, Call
                              "median_l2": delta.norm(dim=1).median().item() if len(delta) else float("nan"),
                              "seconds": seconds})
     return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Detection quality: ROC, AUC and DeLong's interval of the AUC
+
+@dataclass(frozen=True)
+class ROC:
+    """The ROC of a detector: false-positive and true-positive rates (fractions) at each threshold
+    of the detection score (-log-likelihood, decreasing, scikit-learn's ``roc_curve``), and the AUC."""
+
+    fpr: np.ndarray
+    tpr: np.ndarray
+    thresholds: np.ndarray
+    auc: float
+
+
+def _score_pair(clean_scores, adversarial_scores, *, minimum: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Both score vectors as 1-D finite float64 numpy arrays of at least ``minimum`` entries."""
+    arrays = []
+    for value, name in ((clean_scores, "clean_scores"), (adversarial_scores, "adversarial_scores")):
+        array = np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value, dtype=np.float64)
+        if array.ndim != 1 or array.shape[0] < minimum:
+            raise ValueError(f"{name} must be a 1-D array of at least {minimum} scores, got shape {array.shape}")
+        if not np.isfinite(array).all():
+            raise ValueError(f"{name} contains NaN or infinite values")
+        arrays.append(array)
+    return arrays[0], arrays[1]
+
+
+def roc(clean_scores, adversarial_scores) -> ROC:
+    """ROC and AUC of detecting adversarial inputs (the positive class) among clean ones by their
+    log-likelihood scores (N,) (:meth:`nbutils.detect.GMMDetector.score`: higher = more natural);
+    the detection score is -log-likelihood. Uses ``sklearn.metrics.roc_curve`` and ``roc_auc_score``."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    clean, adversarial = _score_pair(clean_scores, adversarial_scores)
+    truth = np.concatenate([np.zeros(clean.shape[0]), np.ones(adversarial.shape[0])])
+    detection = -np.concatenate([clean, adversarial])
+    fpr, tpr, thresholds = roc_curve(truth, detection)
+    return ROC(fpr, tpr, thresholds, float(roc_auc_score(truth, detection)))
+
+
+def delong(clean_scores, adversarial_scores) -> tuple[float, float]:
+    """(AUC, DeLong's variance of the AUC) of detecting adversarial inputs by -log-likelihood, with
+    the midrank formulation (Sun & Xu 2014): ties count one half. At least 2 scores per class."""
+    from scipy.stats import rankdata
+
+    clean, adversarial = _score_pair(clean_scores, adversarial_scores, minimum=2)
+    positive, negative = -adversarial, -clean
+    m, n = positive.shape[0], negative.shape[0]
+    ranks = rankdata(np.concatenate([positive, negative]))
+    auc = (ranks[:m].sum() - m * (m + 1) / 2) / (m * n)
+    above_negatives = (ranks[:m] - rankdata(positive)) / n  # per positive: share of negatives it beats
+    below_positives = 1 - (ranks[m:] - rankdata(negative)) / m  # per negative: share of positives beating it
+    return float(auc), float(above_negatives.var(ddof=1) / m + below_positives.var(ddof=1) / n)
+
+
+def auc_interval(clean_scores, adversarial_scores, level: float = 0.95) -> tuple[float, float]:
+    """(low, high) normal confidence interval of the AUC at ``level`` from DeLong's variance
+    (:func:`delong`), clipped to [0, 1]."""
+    level = check_fraction(level, "level")
+    auc, variance = delong(clean_scores, adversarial_scores)
+    half = NormalDist().inv_cdf(0.5 + level / 2) * math.sqrt(variance)
+    return max(0.0, auc - half), min(1.0, auc + half)

@@ -2,7 +2,9 @@
 
 Values are transcribed from the papers' tables (each function's docstring names the paper and table)
 and, where a chapter sets them beside the paper's, from the printed outputs of the public code the papers copied.
-Errors and accuracies are in percent, as printed, unless a function says it returns fractions.
+Rates (errors, accuracies, success rates) are fractions in [0, 1], as every table of the book keeps
+them; where a paper prints percent, the function says so and converts (72.52 % is 0.7252). Counts are
+as printed.
 """
 from __future__ import annotations
 
@@ -17,16 +19,23 @@ _TOP5 = {"resnet101": [33.34, 48.78, 55.62, 58.98, 60.82, 61.60, 61.96, 62.16, 6
          "regnet_y_400mf": [53.12, 66.16, 71.44, 73.98, 75.30, 75.68, 75.88, 76.04, 75.86, 75.72]}
 
 
+def _fraction(printed: float) -> float:
+    """A percentage as the paper prints it (72.52), as a fraction (0.7252)."""
+    return round(printed / 100, 6)
+
+
 def clean_error() -> pd.DataFrame:
-    """Main paper, Table I: top-1 / top-5 error (%) without attack, on the 5000-image subset."""
+    """Main paper, Table I: top-1 / top-5 error without attack, on the 5000-image subset, as fractions
+    (the paper prints percent)."""
     return pd.DataFrame({"model": ["resnet101", "alexnet", "regnet_y_400mf"],
-                         "top1_error": [13.30, 28.06, 18.72], "top5_error": [2.16, 9.90, 3.76]})
+                         "top1_error": [_fraction(e) for e in (13.30, 28.06, 18.72)],
+                         "top5_error": [_fraction(e) for e in (2.16, 9.90, 3.76)]})
 
 
 def fgsm_error() -> pd.DataFrame:
-    """Main paper, Tables IV-VI: top-1 / top-5 error (%) under FGSM, eps in the tutorial's
-    normalised units (0.01 ... 0.10), per model."""
-    return pd.DataFrame([{"model": m, "eps": e, "top1_error": a, "top5_error": b}
+    """Main paper, Tables IV-VI: top-1 / top-5 error under FGSM, as fractions (the paper prints
+    percent), eps in the tutorial's normalised units (0.01 ... 0.10), per model."""
+    return pd.DataFrame([{"model": m, "eps": e, "top1_error": _fraction(a), "top5_error": _fraction(b)}
                          for m in _TOP1 for e, a, b in zip(EPS_TABLES_IV_VI, _TOP1[m], _TOP5[m])])
 
 
@@ -70,8 +79,8 @@ def patch_success() -> pd.DataFrame:
     fractions (the paper prints percent: 72.52 is 0.7252). The toaster rows are the same in all three
     models (the tutorial's cached ResNet-34 results), except ResNet-101's top-1 at 32 px (48.69
     against 48.89)."""
-    return pd.DataFrame([{"model": m, "target": t, "size": size, "top1": round(_PATCH_TOP1[m][i][j] / 100, 6),
-                          "top5": round(_PATCH_TOP5[m][i][j] / 100, 6)}
+    return pd.DataFrame([{"model": m, "target": t, "size": size, "top1": _fraction(_PATCH_TOP1[m][i][j]),
+                          "top5": _fraction(_PATCH_TOP5[m][i][j])}
                          for m in _PATCH_TOP1 for i, t in enumerate(_PATCH_TARGETS) for j, size in enumerate([32, 48, 64])])
 
 

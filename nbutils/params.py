@@ -1,62 +1,54 @@
-"""Chapter parameters: profiles, and checks on what papermill injects.
+"""The parameters of the book's pages, each declared once, and the checks on what papermill injects.
 
-A chapter's ``parameters`` cell holds every knob with None meaning "the profile's value". Its
-next cell calls :func:`nbutils.chapter.start`, which settles them (:func:`settle`: the Nones filled
-from the chosen profile) and stops a bad value before any data is loaded, with an error naming the
-parameter:
+A page declares every parameter once (:class:`Param`): its name, type, help line, value in each
+profile and rule; and the agreements between parameters, beside its profiles (:class:`Page`, one per
+notebook, in :mod:`nbutils.profiles`). Everything else derives from that declaration:
 
-* its type must be the profile's (a list's elements too, by its :class:`Rule`);
-* its value must keep its :class:`Rule` of :data:`RULES` (a range, or a set of choices), the same for a
-  name in every chapter (``temperature`` > 0, ``epsilons`` in [0, 1], ``models`` known names...);
-* parameters that depend on each other must agree (:data:`AGREEMENTS`, per chapter: the figure's
-  target among the trained ones, example images within the images loaded).
+* the notebook's ``parameters`` cell, which holds only what papermill injects (``name: type = None
+  # help``), is written from it (``python -m nbutils.profiles`` rewrites every page's cell; a test
+  fails while one is stale);
+* :meth:`Page.settle`, which :func:`nbutils.chapter.start` calls in the page's first cell: the Nones
+  take the profile's values, a value of the wrong type or outside its rule, parameters that disagree,
+  and a name papermill injected that the page does not declare stop the run with an error naming
+  them, before any data is loaded.
 """
 from __future__ import annotations
 
+import ast
 import difflib
+import json
 import math
-import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from numbers import Integral, Real
+from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable, Sequence
-
-import torch
+from typing import Any, Callable, Mapping, Sequence
 
 from .checks import check_choice
 
 PROFILE_ENV = "NBUTILS_PROFILE"
+TYPES = {int: "int", float: "float", str: "str", bool: "bool", list: "list"}
 
 
-def default_profile() -> str:
-    """The profile named by ``NBUTILS_PROFILE``, else "paper"."""
-    return os.environ.get(PROFILE_ENV, "paper")
-
-
-def _check_type(name: str, value, default):
-    """``value`` must have the type of the profile's ``default`` (ints pass for floats, lists for tuples)."""
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, Real) and not isinstance(value, bool)
-    elif isinstance(default, (list, tuple)):
-        ok = isinstance(value, (list, tuple))
-    else:
-        ok = isinstance(value, type(default))
-    if not ok:
-        raise TypeError(f"parameter {name!r} must be {type(default).__name__} like {default!r}, "
-                        f"got {type(value).__name__} {value!r}")
-    return float(value) if isinstance(default, float) else value
+def _is_a(value, kind: type) -> bool:
+    """``value`` has type ``kind``, where bools are not numbers, ints are floats and numpy scalars count."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return kind is bool
+    if kind is int:
+        return isinstance(value, Integral)
+    if kind is float:
+        return isinstance(value, Real)
+    if kind is list:
+        return isinstance(value, (list, tuple))
+    return isinstance(value, kind)
 
 
 @dataclass(frozen=True)
 class Rule:
-    """The values a chapter parameter may take: a number within [low, high] (an ``open_`` end
-    excluded; None: unbounded), or one of ``choices`` (a sequence, or a function returning one,
-    called only when checked). For a list parameter the rule holds for each element, whose type is
-    ``element``, and the list holds at least ``min_items``."""
+    """The values a parameter may take: a number within [low, high] (an ``open_`` end excluded; None:
+    unbounded), or one of ``choices`` (a sequence, or a function returning one, called only when
+    checked). For a list parameter the rule holds for each element, whose type is ``element``, and the
+    list holds at least ``min_items``."""
 
     low: float | None = None
     high: float | None = None
@@ -103,136 +95,105 @@ class Rule:
                 raise ValueError(f"parameter {name!r} must be {self.describe()}, got {value!r}")
 
 
-def _is_a(value, kind: type) -> bool:
-    """``value`` has type ``kind``, where bools are not numbers, ints are floats and numpy scalars count."""
-    if isinstance(value, bool) or type(value).__name__ == "bool_":
-        return kind is bool
-    if kind is int:
-        return isinstance(value, Integral)
-    if kind is float:
-        return isinstance(value, Real)
-    return isinstance(value, kind)
+ANY = Rule()
+COUNT = Rule(low=1)
+PIXEL_EPS = Rule(0.0, 1.0, element=float)
+POSITIVE = Rule(0.0, open_low=True, element=float)
 
 
-def _imagenet_models() -> list[str]:
-    from .models import IMAGENET_MODELS
-    return IMAGENET_MODELS
+@dataclass(frozen=True)
+class Param:
+    """One parameter of a page: ``name``, its ``kind`` (int, float, str, bool or list), a ``help`` line
+    (the papers' values in brackets), its ``default`` in every profile unless ``profiles`` ({profile:
+    value}) gives another, and its :class:`Rule`."""
+
+    name: str
+    kind: type
+    help: str
+    default: Any
+    rule: Rule = ANY
+    profiles: Mapping[str, Any] = field(default_factory=dict)
+
+    def value(self, profile: str):
+        return self.profiles.get(profile, self.default)
+
+    def settle(self, given):
+        """The value of this parameter in a run: ``given`` checked against the kind and the rule."""
+        if not _is_a(given, self.kind):
+            raise TypeError(f"parameter {self.name!r} must be {self.kind.__name__} like {self.default!r}, "
+                            f"got {type(given).__name__} {given!r}")
+        value = float(given) if self.kind is float else list(given) if self.kind is list else given
+        self.rule.check(self.name, value)
+        return value
 
 
-def _paper_models() -> list[str]:
-    from .models import PAPER_MODELS
-    return PAPER_MODELS
+def param(name: str, kind: type, help: str, default, rule: Rule = ANY, **profiles) -> Param:
+    """A :class:`Param`; keyword arguments give its value in other profiles, e.g. ``smoke=2_000``."""
+    return Param(name, kind, help, default, rule, profiles)
 
 
-def _weights_names() -> list[str]:
-    from .models import IMAGENET_MODELS, weights_names
-    return sorted({w for name in IMAGENET_MODELS for w in weights_names(name)})
+@dataclass(frozen=True)
+class Page:
+    """A page's declaration: its notebook ``name`` (stem), ``profiles`` ({name: what it is, e.g. its
+    run time}), ``parameters``, the ``agree`` check of parameters that depend on each other (a function
+    of the settled namespace raising ValueError through :func:`check_agree`), the cache kind its runs
+    keep (``cache``: e.g. "models", None for none) and notes on the expected run time by (profile,
+    device type)."""
 
+    name: str
+    profiles: Mapping[str, str]
+    parameters: Sequence[Param]
+    agree: Callable[[SimpleNamespace], None] = lambda cfg: None
+    cache: str | None = None
+    expected: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    default_profile: str = "paper"
 
-def _imagenet_classes() -> list[str]:
-    from .data import imagenet_class_names
-    return imagenet_class_names()
+    def __post_init__(self):
+        names = [p.name for p in self.parameters]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        strangers = sorted({k for p in self.parameters for k in p.profiles if k not in self.profiles})
+        if repeated or strangers or "profile" in names:
+            raise ValueError(f"page {self.name}: parameters declared twice {repeated}, values for unknown profiles "
+                             f"{strangers}, or a parameter named 'profile'")
 
+    @property
+    def names(self) -> list[str]:
+        return [p.name for p in self.parameters]
 
-def _imagenet_subsets() -> list[str]:
-    from .data import IMAGENET_SUBSETS
-    return list(IMAGENET_SUBSETS)
+    def defaults(self, profile: str) -> dict:
+        """Every parameter's value in ``profile``."""
+        check_choice(profile, list(self.profiles), "profile")
+        return {p.name: p.value(profile) for p in self.parameters}
 
+    def settle(self, profile, given: Mapping) -> SimpleNamespace:
+        """The run's settings: the profile's values, overridden by every non-None ``given`` value, each
+        checked against its parameter's kind and rule, then the page's agreements. A given name the page
+        does not declare is refused, naming the closest declared one. Returns a namespace with
+        ``profile`` and every parameter."""
+        profile = check_choice(profile, list(self.profiles), "profile")
+        unknown = sorted(set(given) - set(self.names))
+        if unknown:
+            hints = {n: difflib.get_close_matches(n, self.names, n=1) for n in unknown}
+            raise ValueError(f"unknown parameter(s) {unknown} for {self.name}; "
+                             + "; ".join(f"{n!r}: did you mean {h[0]!r}?" for n, h in hints.items() if h)
+                             + f" (it takes {self.names})")
+        settled = {p.name: p.value(profile) if given.get(p.name) is None else p.settle(given[p.name])
+                   for p in self.parameters}
+        for p in self.parameters:  # a profile's own values keep the rules too
+            p.rule.check(p.name, settled[p.name])
+        cfg = SimpleNamespace(profile=profile, **settled)
+        self.agree(cfg)
+        return cfg
 
-def _digit_datasets() -> list[str]:
-    from .data import DIGIT_DATASETS
-    return list(DIGIT_DATASETS)
-
-
-def _model_f_layers() -> list[str]:
-    from .models import mnist_model
-    with torch.random.fork_rng(devices=[]):  # building the net seeds torch: leave the chapter's stream alone
-        return [name for name, _ in mnist_model("model_f").named_modules() if name]
-
-
-def _craft_modes() -> tuple[str, ...]:
-    from .train import CRAFT_MODES
-    return CRAFT_MODES
-
-
-def _covariance_types() -> tuple[str, ...]:
-    from .detect import COVARIANCE_TYPES
-    return COVARIANCE_TYPES
-
-
-_ANY = Rule()
-_COUNT = Rule(low=1)
-_PIXEL_EPS = Rule(0.0, 1.0, element=float)
-_POSITIVE = Rule(0.0, open_low=True, element=float)
-_EPOCHS = _STEPS = _COUNT
-
-#: The rule of every chapter parameter, by name (a name means the same in every chapter).
-RULES: dict[str, Rule] = {
-    # run plumbing (device: checked by nbutils.batching.default_device; paths: any)
-    "device": _ANY, "download": _ANY, "deterministic": _ANY, "data_dir": _ANY, "results_dir": _ANY, "cache_dir": _ANY,
-    "sweeps_dir": _ANY, "scheduler": _ANY, "workers": Rule(low=0),
-    "seed": Rule(low=0), "seeds": Rule(low=0, element=int),
-    # data and counts (upper bounds that depend on the dataset: AGREEMENTS and the chapters' own checks)
-    "dataset": Rule(choices=_imagenet_subsets), "datasets": Rule(choices=_digit_datasets, element=str),
-    "n_images": Rule(low=0), "n_train": _COUNT, "n_val": _COUNT, "n_test": _COUNT, "n_tests": _COUNT,
-    "n_attack": _COUNT, "n_sweep": _COUNT, "n_adaptive": _COUNT, "n_other": _COUNT, "holdout": _COUNT,
-    "finetune_images": _COUNT, "selection_holdout": _COUNT,
-    "example_images": Rule(low=0, element=int), "figure_images": Rule(low=0, element=int),
-    "batch_size": _COUNT, "eval_batch_size": _COUNT,
-    # models
-    "models": Rule(choices=_imagenet_models, element=str), "weights": Rule(choices=_weights_names, element=str),
-    "reference_model": Rule(choices=_paper_models), "other_nets": Rule(choices=["net", "simple_cnn"], element=str),
-    "layer": Rule(choices=_model_f_layers), "layer_sweep": Rule(choices=_model_f_layers, element=str),
-    # attacks, pixel units
-    "epsilons": _PIXEL_EPS, "sweep_epsilons": _PIXEL_EPS, "fgsm_epsilons": _PIXEL_EPS, "eps_figure": _PIXEL_EPS,
-    "eps": _PIXEL_EPS, "attack_eps": _PIXEL_EPS, "bim_eps": _PIXEL_EPS, "adaptive_eps": _PIXEL_EPS,
-    "l2_eps": Rule(0.0, 28.0),  # the L2 diameter of [0, 1]^(28 x 28)
-    "l2_budgets": Rule(0.0, 28.0, open_low=True, element=float), "l2_steps": _STEPS, "l2_restarts": _COUNT,
-    "n_l2": _COUNT, "n_seeds": _COUNT,
-    "pgd_steps": _STEPS, "pgd_restarts": _COUNT, "pgd_train_steps": _STEPS, "cw_steps": _STEPS,
-    "cw_search_steps": _STEPS, "iterations": _STEPS, "deepfool_steps": _STEPS, "adaptive_steps": _STEPS,
-    "deepfool_overshoot": Rule(low=0.0), "lam": _POSITIVE, "adaptive_weights": Rule(low=0.0, element=float),
-    # patches
-    "targets": Rule(choices=_imagenet_classes, element=str), "figure_target": Rule(choices=_imagenet_classes),
-    "sizes": Rule(1, 224, element=int), "figure_size": Rule(1, 224), "placements": _COUNT, "runs": _COUNT,
-    "val_fraction": Rule(0.0, 1.0, open_low=True, open_high=True),
-    # training
-    "epochs": _EPOCHS, "sweep_epochs": _EPOCHS, "finetune_epochs": _EPOCHS, "mixed_epochs": _EPOCHS,
-    "pgd_train_epochs": _EPOCHS, "target_epochs": _EPOCHS, "substitute_epochs": _EPOCHS, "other_epochs": _EPOCHS,
-    "substitute_rounds": _COUNT, "lr": _POSITIVE, "defence_lr": _POSITIVE, "momentum": Rule(0.0, 1.0, open_high=True),
-    "scheduler_factor": Rule(0.0, 1.0, open_low=True, open_high=True), "scheduler_patience": Rule(low=0),
-    "temperature": _POSITIVE, "sweep_temperatures": _POSITIVE, "temperatures": _POSITIVE,
-    "adversarial_fraction": Rule(0.0, 1.0, open_low=True), "craft_mode": Rule(choices=_craft_modes),
-    # detection
-    "components_grid": Rule(low=1, element=int), "covariance_grid": Rule(choices=_covariance_types, element=str),
-    "reg_covar": Rule(low=0.0), "keeps": Rule(0.0, 1.0, open_low=True, open_high=True, element=float),
-}
-
-
-def settle(profiles: dict[str, dict], profile: str, **given) -> SimpleNamespace:
-    """The chapter's settings: ``profiles[profile]`` overridden by every non-None ``given`` value.
-
-    Raises ValueError for an unknown profile or parameter or a value outside its :data:`RULES`,
-    TypeError for a value (or a list's element) whose type does not match. Returns a namespace with ``profile`` and every setting.
-    """
-    check_choice(profile, list(profiles), "profile")
-    defaults = profiles[profile]
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise ValueError(f"unknown parameter(s) {unknown}; this chapter takes {sorted(defaults)}")
-    settled = {name: default if given.get(name) is None else _check_type(name, given[name], default)
-               for name, default in defaults.items()}
-    for name, value in settled.items():
-        if name in RULES:
-            RULES[name].check(name, value)
-    return SimpleNamespace(profile=profile, **settled)
-
-
-def check_range(name: str, value: Real, low: Real, high: Real) -> Real:
-    """A settled parameter that must lie in [low, high], e.g. a count of images the dataset can give."""
-    if not low <= value <= high:
-        raise ValueError(f"parameter {name!r} must lie in [{low}, {high}], got {value!r}")
-    return value
+    def parameters_cell(self) -> str:
+        """The notebook's ``parameters`` cell: one ``name: type = None  # help`` line per parameter, after
+        the profile's line, which reads ``$NBUTILS_PROFILE``."""
+        profiles = " | ".join(f'"{name}" ({what})' for name, what in self.profiles.items())
+        lines = ["import os", "",
+                 f'profile: str = os.environ.get("{PROFILE_ENV}", "{self.default_profile}")  # {profiles}']
+        width = max(len(f"{p.name}: {TYPES[p.kind]} = None") for p in self.parameters) + 2
+        lines += [f"{f'{p.name}: {TYPES[p.kind]} = None':<{width}}# {p.help}" for p in self.parameters]
+        return "\n".join(lines)
 
 
 def check_agree(condition: bool, names: Sequence[str], message: str) -> None:
@@ -241,44 +202,57 @@ def check_agree(condition: bool, names: Sequence[str], message: str) -> None:
         raise ValueError(f"parameters {', '.join(repr(n) for n in names)} disagree: {message}")
 
 
-def _imagenet_counts(cfg: SimpleNamespace, positions: str) -> None:
-    """Chapters 1-2: ``n_images`` within the dataset, the example images within the images loaded."""
-    from .data import IMAGENET_SUBSETS
-    size = IMAGENET_SUBSETS[cfg.dataset]
-    check_agree(cfg.n_images <= size, ["n_images", "dataset"], f"{cfg.dataset} holds {size} images, n_images is {cfg.n_images}")
-    loaded = cfg.n_images or size
-    outside = [i for i in getattr(cfg, positions) if i >= loaded]
-    check_agree(not outside, [positions, "n_images"], f"{positions} {outside} lie beyond the {loaded} images loaded")
+def check_within(cfg: SimpleNamespace, name: str, low, high, because: Sequence[str] = ()) -> None:
+    """An agreement: parameter ``name`` (a number, or each number of a list) within [low, high], where
+    the bounds depend on the parameters ``because`` (named in the error with it)."""
+    values = getattr(cfg, name)
+    for value in values if isinstance(values, (list, tuple)) else [values]:
+        check_agree(low <= value <= high, [name, *because], f"{name} must lie in [{low}, {high}], got {value!r}")
 
 
-def _fgsm_imagenet(cfg: SimpleNamespace) -> None:
-    _imagenet_counts(cfg, "example_images")
+def injected(namespace: Mapping) -> dict:
+    """The values papermill injected into a notebook's namespace: the names its "# Parameters" cell
+    assigns (read from IPython's input history ``In``), with their current values; {} outside a
+    papermill run."""
+    names = []
+    for source in namespace.get("In", []) or []:
+        if isinstance(source, str) and source.startswith("# Parameters"):
+            tree = ast.parse(source)
+            names += [t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets
+                      if isinstance(t, ast.Name)]
+    return {name: namespace.get(name) for name in names}
 
 
-def _adversarial_patch(cfg: SimpleNamespace) -> None:
-    _imagenet_counts(cfg, "figure_images")
-    check_agree(cfg.figure_target in cfg.targets, ["figure_target", "targets"],
-                f"the figures' patch {cfg.figure_target!r} is not among the trained targets {cfg.targets}")
-    check_agree(cfg.figure_size in cfg.sizes, ["figure_size", "sizes"],
-                f"the figures' patch size {cfg.figure_size} is not among the trained sizes {cfg.sizes}")
-    from .data import IMAGENET_SUBSETS
-    loaded = cfg.n_images or IMAGENET_SUBSETS[cfg.dataset]
-    held_out = round(loaded * cfg.val_fraction)
-    check_agree(held_out >= 1 and cfg.runs * held_out < loaded, ["runs", "val_fraction", "n_images"],
-                f"{cfg.runs} runs each holding out their own {held_out} of the {loaded} images leave no image to "
-                "train on (or hold out none)")
+# ---------------------------------------------------------------------------------------------
+# The parameters cells of the notebooks
+
+def parameters_cell(notebook: Path) -> dict:
+    """The code cell tagged ``parameters`` of a notebook (as JSON)."""
+    cells = json.loads(Path(notebook).read_text())["cells"]
+    tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(tagged) != 1:
+        raise ValueError(f"{notebook} has {len(tagged)} cells tagged 'parameters', not one")
+    return tagged[0]
 
 
-def _defensive_distillation(cfg: SimpleNamespace) -> None:
-    outside = [i for i in cfg.figure_images if i >= cfg.n_test]
-    check_agree(not outside, ["figure_images", "n_test"], f"figure_images {outside} lie beyond the {cfg.n_test} test images")
+def stale_cells(book: Path, pages: Mapping[str, Page]) -> list[str]:
+    """The pages whose notebook's parameters cell differs from the one its declaration writes."""
+    return [name for name, page in pages.items()
+            if "".join(parameters_cell(book / f"{name}.ipynb")["source"]) != page.parameters_cell()]
 
 
-#: Checks of parameters that must agree, by chapter (run by :func:`nbutils.chapter.start` after
-#: :func:`settle`, before any data is loaded; single-parameter bounds that depend on another, such as
-#: ``n_attack <= n_test``, sit in the chapter's first cell as :func:`check_range` calls).
-AGREEMENTS: dict[str, Callable[[SimpleNamespace], None]] = {
-    "01_fgsm_imagenet": _fgsm_imagenet,
-    "02_adversarial_patch": _adversarial_patch,
-    "03_defensive_distillation": _defensive_distillation,
-}
+def write_cells(book: Path, pages: Mapping[str, Page]) -> list[str]:
+    """Rewrite each stale parameters cell from its page's declaration (nothing else of the notebook
+    changes); returns the pages rewritten."""
+    from .files import atomic_write_text
+
+    rewritten = []
+    for name in stale_cells(book, pages):
+        path = book / f"{name}.ipynb"
+        notebook = json.loads(path.read_text())
+        cell = next(c for c in notebook["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+        source = pages[name].parameters_cell().split("\n")
+        cell["source"] = [line + "\n" for line in source[:-1]] + [source[-1]]
+        atomic_write_text(path, json.dumps(notebook, indent=1, ensure_ascii=False) + "\n")
+        rewritten.append(name)
+    return rewritten

@@ -23,7 +23,6 @@ import os
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
@@ -34,7 +33,7 @@ from torch import nn
 from .batching import model_device, module_mode, progress_bar, run_batched, split_indices
 from .checks import (check_flag, check_fraction, check_images, check_positive_int, check_positive_number, check_seed,
                      checked_inputs)
-from .files import cached, settings_key, tensor_digest
+from .files import cache_entry, cached
 
 #: The main paper's five patch targets (Tables VII-XII) and their ImageNet class indices.
 PAPER_TARGETS = {"saltshaker": 773, "soap dispenser": 804, "digital clock": 530, "piggy bank": 719, "toaster": 859}
@@ -262,7 +261,10 @@ def train_patch(model: nn.Module, images: torch.Tensor, target: int, size: int, 
     device = model_device(model)
     generator = torch.Generator().manual_seed(seed)
     if val_index is None:
-        train_index, val_index = split_indices(images.shape[0], round(images.shape[0] * val_fraction), generator)
+        n_val = round(images.shape[0] * val_fraction)
+        if n_val >= images.shape[0]:
+            raise ValueError(f"val_fraction {val_fraction} holds out all {images.shape[0]} images: none is left to train on")
+        train_index, val_index = split_indices(images.shape[0], n_val, generator)
     else:
         val_index = check_index(val_index, images.shape[0], "val_index")
         kept = torch.ones(images.shape[0], dtype=torch.bool)
@@ -384,29 +386,25 @@ def evaluate_patch(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
 # ---------------------------------------------------------------------------------------------
 # Cache
 
-def patch_key(model_id: str, target: int, size: int, seed: int, settings: dict) -> str:
-    """A file name for a trained patch: readable settings plus a hash of everything else."""
-    return settings_key(f"{model_id.split(':')[0]}_t{target}_s{size}_seed{seed}", {"model": model_id, **settings})
-
-
 def cached_patch(cache_dir: str | os.PathLike, model: nn.Module, images: torch.Tensor, target: int, size: int,
                  *, seed: int = 0, **train_kwargs) -> tuple[TrainedPatch, bool]:
     """Load the patch for these settings from ``cache_dir`` if present, else train and save it.
 
-    The key is the model's name and weights id, target, size, seed, the training settings and a
-    SHA-256 digest of the images. Returns (patch, True if it came from the cache).
+    The key (:func:`nbutils.files.cache_entry`) is the model's name and a digest of its weights, the
+    target, size, seed and training settings, a digest of the images (and of ``val_index`` when
+    given) and the package's code. Returns (patch, True if it came from the cache).
     """
-    model_id = f"{getattr(model, 'name', type(model).__name__)}:{getattr(model, 'weights_id', '')}"
-    settings = {"target": target, "size": size, "seed": seed, "images": tensor_digest(images),
-                **{k: tensor_digest(v) if torch.is_tensor(v) else str(v) for k, v in sorted(train_kwargs.items())
-                   if k != "progress"}}
-    path = Path(cache_dir) / patch_key(model_id, target, size, seed, settings)
+    name = getattr(model, "name", type(model).__name__)
+    data = {"images": images, **{k: v for k, v in train_kwargs.items() if torch.is_tensor(v)}}
+    settings = {"model": name, "target": target, "size": size, "seed": seed,
+                **{k: v for k, v in sorted(train_kwargs.items()) if k != "progress" and k not in data}}
+    path, key = cache_entry(cache_dir, f"{name}_t{target}_s{size}_seed{seed}", settings, weights=model, data=data)
 
     def train() -> tuple[TrainedPatch, dict]:
         trained = train_patch(model, images, target, size, seed=seed, **train_kwargs)
         return trained, trained.to_state()
 
-    return cached(path, settings, train, TrainedPatch.from_state)
+    return cached(path, key, train, TrainedPatch.from_state)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,9 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from .files import atomic_path  # noqa: E402
+from .files import BATCH_ENV, atomic_path  # noqa: E402
 
-BATCH_ENV = "NBUTILS_BATCH"  # set in the kernels of a sweep's runs and committed chapters: no live widgets there
 EXPLORER_EPSILONS = (0.0, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)  # the static explorer's frames, each convention's units
 
 
@@ -98,18 +97,20 @@ def curves(table: pd.DataFrame, *, x: str = "eps", hue: str = "model", style: st
            xlabel: str | None = None, title: str = "", percent: bool = True):
     """Metrics against ``x``, one panel per metric, one line per ``hue`` (and ``style``) group.
 
-    percent: the metrics are percentages (errors, success rates), drawn from 0 to 100; False for
-    other quantities (losses), on a free axis. paper: optional rows with the same columns, drawn
-    dashed with hollow markers.
+    percent: the metrics are fractions (errors, success rates), drawn as 0-100 %; False for other
+    quantities (losses), on a free axis. paper: optional rows with the same columns, drawn dashed
+    with hollow markers.
     """
+    scale = 100.0 if percent else 1.0
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4), squeeze=False)
     keys = [hue] + ([style] if style else [])
     for ax, metric in zip(axes[0], metrics):
         for key, rows in table.groupby(keys, sort=False):
-            ax.plot(rows[x], rows[metric], marker="o", label=" / ".join(map(str, key if isinstance(key, tuple) else (key,))))
+            ax.plot(rows[x], scale * rows[metric], marker="o",
+                    label=" / ".join(map(str, key if isinstance(key, tuple) else (key,))))
         if paper is not None:
             for key, rows in paper.groupby(hue, sort=False):
-                ax.plot(rows[x], rows[metric], linestyle="--", marker="o", mfc="none", label=f"{key} (paper)")
+                ax.plot(rows[x], scale * rows[metric], linestyle="--", marker="o", mfc="none", label=f"{key} (paper)")
         ax.set_xlabel(xlabel or x)
         ax.set_ylabel(metric.replace("_", " ") + (" (%)" if percent else ""))
         if percent:

@@ -46,8 +46,7 @@ import pandas as pd
 
 from .batching import progress_bar
 from .chapter import default_cache_dir, display_path
-from .files import atomic_write_text, project_root
-from .plots import BATCH_ENV
+from .files import BATCH_ENV, atomic_write_text, project_root
 
 SPEC_KEYS = {"notebook", "parameters", "grid", "runs", "seeds", "name"}
 #: Parameters a sweep sets itself in every run: its results folder.
@@ -460,6 +459,9 @@ def aggregate(out: str | os.PathLike, runs: Sequence[Run]) -> dict[str, pd.DataF
         if is_complete(folder):
             for name in status["tables"]:
                 table, prov = _read_table(folder / "results" / f"{name}.json")
+                if "run" in table.columns:
+                    raise ValueError(f"table {name!r} of {run.notebook.name} has a column 'run', which a sweep's "
+                                     "tables keep for the run's name: rename it in the chapter")
                 taken = [*table.columns, "run", *PROVENANCE_COLUMNS]
                 lead = {"run": run.name, **_parameter_columns(run.parameters, taken),
                         **{k: prov.get(k) for k in PROVENANCE_COLUMNS}}

@@ -26,7 +26,7 @@ from .batching import batch_slices, model_device, module_mode, progress_bar, run
 from .checks import (check_choice, check_eps, check_flag, check_fraction, check_model_fits, check_positive_int,
                      check_positive_number, check_seed,
                      checked_inputs)
-from .files import cached, restore_module, settings_key, state_digest, tensor_digest
+from .files import cache_entry, cached, restore_module
 
 
 def soft_cross_entropy(logits: torch.Tensor, soft_targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -249,24 +249,26 @@ def cached_fit(cache_dir: str | os.PathLike | None, model: nn.Module, images: to
                val_images: torch.Tensor, val_labels: torch.Tensor, **fit_kwargs) -> History:
     """:func:`fit`, or its saved result when ``cache_dir`` holds one for the same settings.
 
-    The key covers the model's name and its starting weights (a digest of its state, so a model
-    loaded from elsewhere never hits a fresh model's entry), the device type, a SHA-256 digest of the
-    training and validation tensors (and soft targets), and every argument of :func:`fit` with its
-    default filled in (an attack by what defines it: :meth:`nbutils.attacks.Attack.key`). A hit loads the weights into ``model`` (eval mode) with
-    ``weights_only=True``; a miss trains and saves atomically. ``cache_dir`` None: always train.
-    Returns the :class:`History`, with ``from_cache`` set on a hit.
+    The key (:func:`nbutils.files.cache_entry`) covers the model's name and its starting weights (a
+    digest of its state, so a model loaded from elsewhere never hits a fresh model's entry), the
+    device type, a digest of the training and validation tensors (and soft targets), every argument
+    of :func:`fit` with its default filled in (an attack by what defines it:
+    :meth:`nbutils.attacks.Attack.key`) and the package's code. A hit loads the weights into
+    ``model`` (eval mode) with ``weights_only=True``; a miss trains and saves atomically.
+    ``cache_dir`` None: always train. Returns the :class:`History`, with ``from_cache`` set on a hit.
     """
     if cache_dir is None:
         return fit(model, images, labels, val_images, val_labels, **fit_kwargs)
     arguments = inspect.signature(fit).bind(model, images, labels, val_images, val_labels, **fit_kwargs)
     arguments.apply_defaults()
-    settings = {name: (tensor_digest(value) if torch.is_tensor(value) else
-                       value.key() if callable(getattr(value, "key", None)) else value)
-                for name, value in arguments.arguments.items() if name not in ("model", "progress", "pixel_range")}
-    settings.update(model=getattr(model, "name", type(model).__name__), init=state_digest(model),
-                    device=model_device(model).type)
-    path = Path(cache_dir) / settings_key(f"{settings['model']}_seed{settings['seed']}", settings)
-    return cached_module(path, settings, model, lambda: fit(model, images, labels, val_images, val_labels, **fit_kwargs))
+    data = {name: value for name, value in arguments.arguments.items() if torch.is_tensor(value)}
+    settings = {name: value.key() if callable(getattr(value, "key", None)) else value
+                for name, value in arguments.arguments.items()
+                if name not in ("model", "progress", "pixel_range") and name not in data}
+    name = getattr(model, "name", type(model).__name__)
+    path, key = cache_entry(cache_dir, f"{name}_seed{settings['seed']}",
+                            dict(settings, model=name, device=model_device(model).type), weights=model, data=data)
+    return cached_module(path, key, model, lambda: fit(model, images, labels, val_images, val_labels, **fit_kwargs))
 
 
 def cached_module(path: Path, settings: dict, model: nn.Module, train: Callable, history_type: type = History):

@@ -12,6 +12,7 @@ from torch import nn
 
 from nbutils import attacks
 from nbutils.attacks import attack_loss, cw_l2, fgsm, fgsm_sweep, input_gradient, pgd
+from nbutils.checks import check_eps
 from nbutils.metrics import robustness_table
 from nbutils.models import Classifier
 from conftest import linear_classifier, saturated_classifier, tiny_classifier
@@ -293,7 +294,8 @@ def test_a_batch_run_shows_the_static_explorer_whose_frames_are_the_attacks_resu
     import re
 
     from nbutils.metrics import predict
-    from nbutils.plots import BATCH_ENV, fgsm_explorer
+    from nbutils.files import BATCH_ENV
+    from nbutils.plots import fgsm_explorer
     monkeypatch.setenv(BATCH_ENV, "1")
     x, y = images_and_labels(50, 2)
     names = [f"class {i}" for i in range(9)] + ['</script><!-- "9" & co']  # a name must not end the script
@@ -429,3 +431,85 @@ def test_charts_are_drawn_at_twice_the_pixels_and_photographs_at_one():
     assert isinstance(plain, bytes) and _pngxy(plain)[0] == size["width"]  # one pixel per point
     plt.close("all")
     InteractiveShell.clear_instance()  # later tests run outside IPython again
+
+
+def test_adding_an_attack_is_one_definition_that_the_function_get_tables_and_training_all_use():
+    import inspect
+
+    from nbutils.train import fit
+
+    @attacks.register("toy_shift", "Toy shift")
+    class ToyShift(attacks.Attack):
+        """Moves every pixel by +eps (clamped): an attack in one definition, for this test."""
+
+        eps: float
+        calls: int = 0  # a setting that only shows up in the name and the key
+
+        def prepare(self, model):
+            eps = check_eps(self.eps, upper=1.0)
+            return lambda x, y: (x + eps).clamp(0, 1)
+
+    try:
+        x, y = images_and_labels(60, 8)
+        function = ToyShift.function
+        assert list(inspect.signature(function).parameters)[:5] == ["model", "images", "labels", "eps", "calls"]
+        assert torch.equal(function(MODEL, x, y, eps=0.1), (x + 0.1).clamp(0, 1))
+        assert torch.equal(attacks.get("toy_shift", eps=0.1)(MODEL, x, y), function(MODEL, x, y, eps=0.1))
+        table = robustness_table({"tiny": MODEL}, [attacks.get("toy_shift", eps=0.2)], x, y)
+        assert table["attack"].tolist() == ["Toy shift (eps=0.2)"]
+        digits = (torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(0)),
+                  torch.randint(0, 10, (64,), generator=torch.Generator().manual_seed(1)))
+        from nbutils.models import mnist_model
+        history = fit(mnist_model("student"), *digits, *digits, epochs=1, batch_size=32, attack=ToyShift(eps=0.1),
+                      progress=False)
+        assert len(history.rows) == 1
+        with pytest.raises(ValueError, match="eps"):
+            function(MODEL, x, y, eps=2.0)  # checked once, by the definition's prepare
+        with pytest.raises(TypeError, match="did you mean 'eps'"):
+            attacks.get("toy_shift", epz=0.1)
+    finally:
+        attacks.ATTACKS.pop("toy_shift")
+
+
+def test_every_public_attack_function_is_made_from_its_definition():
+    import inspect
+    for name, cls in attacks.ATTACKS.items():
+        function = getattr(attacks, name)
+        assert function is cls.function and function.__doc__ == cls.__doc__
+        settings = [p for p in inspect.signature(function).parameters if p not in ("model", "images", "labels")]
+        assert set(settings) == set(cls(**{f: 0.1 for f in ("eps", "alpha") if f in settings},
+                                         **({"steps": 1} if "steps" in settings else {})).settings) | {"batch_size", "progress"}
+
+
+def test_an_attack_reads_a_detector_heads_class_scores_not_its_extra_columns():
+    class Head(nn.Module):
+        """The tiny model's logits with 10 large extra columns appended, as a detector head's output."""
+
+        def __init__(self):
+            super().__init__()
+            self.model = MODEL
+
+        def forward(self, x):
+            logits = self.model(x)
+            return torch.cat([logits, torch.full_like(logits, 1e3)], 1)
+
+        def class_scores(self, output):
+            return output[:, :10]
+
+    x, y = images_and_labels(61, 12)
+    head = Head()
+    for attack in (attacks.get("pgd", eps=0.1, alpha=0.05, steps=3, random_start=True, restarts=2),
+                   attacks.get("deepfool", steps=3), attacks.get("fgsm", eps=0.1)):
+        assert torch.equal(attack(head, x, y), attack(MODEL, x, y)), attack.name
+    assert robustness_table({"head": head}, [attacks.get("fgsm", eps=0.1)], x, y)["accuracy"].item() == \
+        robustness_table({"tiny": MODEL}, [attacks.get("fgsm", eps=0.1)], x, y)["accuracy"].item()
+
+
+def test_input_gradient_refuses_what_would_give_a_silent_wrong_answer():
+    x, y = images_and_labels(62, 3)
+    with pytest.raises(ValueError, match="loss"):
+        input_gradient(MODEL, x, y, loss="hinge")
+    with pytest.raises(ValueError, match="temperature"):
+        input_gradient(MODEL, x, y, temperature=0.0)
+    with pytest.raises(TypeError, match="floating-point"):
+        input_gradient(MODEL, (x * 255).to(torch.uint8), y)

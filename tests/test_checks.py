@@ -106,7 +106,8 @@ PUBLIC_CALLS = {
                                          use_soft_labels="no"), "use_soft_labels"),
     "imagenet_model": (lambda: imagenet_model("resnet50"), "model name"),
     "mnist_model": (lambda: mnist_model("lenet"), "MNIST model name"),
-    "settle": (lambda: params.settle({"smoke": {"seed": 0}}, "smoke", seed="0"), "seed"),
+    "settle": (lambda: params.Page("p", {"smoke": ""}, [params.param("seed", int, "seed", 0)]).settle("smoke", {"seed": "0"}),
+               "seed"),
 }
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from nbutils import attacks, data, defences, detect, metrics, models, patch, train
+from nbutils import attacks, data, defences, detect, gmm, metrics, models, patch, train
 from conftest import tiny_classifier
 from test_data import CutOnceServer, serving, toy_spec, toy_zip
 
@@ -91,7 +91,7 @@ PUBLIC = {
     "data.digits": (lambda **a: data.digits(**a), {"name": "name"}),
     "data.imagenet_subset": (lambda **a: data.imagenet_subset(**{"name": "imagenet-sample", **a}),
                              {"name": "name", "n_images": "seed"}),
-    "detect.GaussianMixture": (lambda **a: detect.GaussianMixture(**a),
+    "gmm.GaussianMixture": (lambda **a: gmm.GaussianMixture(**a),
                                {"n_components": "count", "covariance_type": "name", "reg_covar": "nonnegative",
                                 "max_iter": "seed", "tol": "nonnegative"}),
     "detect.GMMDetector.threshold": (lambda **a: detect.GMMDetector(n_components=1).fit(FEATURES, CLASSES).threshold(**a),
@@ -293,3 +293,23 @@ def test_dataset_positions_must_be_ints_in_range():
         data.imagenet_sample(classes=[2.7])
     with pytest.raises(ValueError, match=r"n_images must be an int in \[0, 1000\] for imagenet-sample"):
         data.imagenet_subset("imagenet-sample", n_images=2000)
+
+
+def test_a_cache_entry_made_by_other_code_is_recomputed_with_a_message(tmp_path, monkeypatch):
+    from nbutils import files
+
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return len(calls), {"value": torch.tensor(len(calls))}
+
+    def entry():
+        path, key = files.cache_entry(tmp_path, "step", {"eps": 0.1}, data={"x": X})
+        return files.cached(path, key, compute, lambda state: int(state["value"]))
+
+    assert entry() == (1, False) and entry() == (1, True)
+    monkeypatch.setattr(files, "code_digest", lambda: "another version of the package")
+    with pytest.warns(RuntimeWarning, match="another version of the package's code"):
+        assert entry() == (2, False)  # the same file name: found, reported, recomputed in place
+    assert len(list(tmp_path.iterdir())) == 1 and entry() == (2, True)

@@ -1,12 +1,16 @@
 """Accuracy under FGSM in the sound and the source protocol, the masked-gradient signature, and
-the paper's distillation tables."""
+the paper's distillation tables; ROC, AUC and DeLong's interval of a detector's AUC."""
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 from nbutils import paper
 from nbutils.attacks import fgsm
-from nbutils.metrics import accuracy, fgsm_accuracy, gradient_masking, predict, robustness_table
+from nbutils.metrics import (accuracy, auc_interval, delong, fgsm_accuracy, gradient_masking, predict, robustness_table,
+                             roc)
 from nbutils.models import mnist_model
 from conftest import saturated_classifier, tiny_classifier
 
@@ -180,3 +184,32 @@ def test_seed_envelope_covers_every_seed_and_stays_in_the_unit_interval():
     assert summary.loc[0.1, "accuracy_high"] == pytest.approx(wilson_interval(95, 100)[1])
     assert summary["accuracy_low"].min() >= 0 and summary["accuracy_high"].max() <= 1
     assert summary.loc[0.3, "accuracy_min"] == 0.0 and summary.loc[0.3, "accuracy_max"] == 0.01
+
+
+# ---------------------------------------------------------------------------------------------
+# Detection quality: ROC, AUC and DeLong's interval
+
+def test_roc_auc_equals_sklearns_and_the_delong_interval_behaves():
+    rng = np.random.default_rng(0)
+    clean = rng.normal(size=300).round(1)  # ties
+    adversarial = rng.normal(-0.7, 1.0, size=200).round(1)  # lower log-likelihood: detectable
+    curve = roc(torch.from_numpy(clean), adversarial)
+    truth = np.r_[np.zeros(300), np.ones(200)]
+    assert curve.auc == pytest.approx(roc_auc_score(truth, -np.r_[clean, adversarial]), abs=1e-12)
+    assert curve.fpr[0] == 0 and curve.tpr[-1] == 1 and np.all(np.diff(curve.thresholds) < 0)
+    # DeLong's variance equals the O(mn) structural-component formula it speeds up
+    auc, variance = delong(clean, adversarial)
+    wins = (-adversarial[:, None] > -clean[None, :]) + 0.5 * (adversarial[:, None] == clean[None, :])
+    direct = wins.mean(1).var(ddof=1) / 200 + wins.mean(0).var(ddof=1) / 300
+    assert auc == pytest.approx(curve.auc, abs=1e-12) and variance == pytest.approx(direct, rel=1e-10)
+    # and agrees loosely with a bootstrap
+    picks = [(rng.integers(0, 300, 300), rng.integers(0, 200, 200)) for _ in range(300)]
+    boot = np.var([roc_auc_score(truth, -np.r_[clean[i], adversarial[j]]) for i, j in picks])
+    assert 0.7 < boot / variance < 1.4
+    low, high = auc_interval(clean, adversarial)
+    assert low < curve.auc < high
+    z = 1.959963984540054
+    assert (high - low) == pytest.approx(2 * z * math.sqrt(variance), rel=1e-9)
+    more_low, more_high = auc_interval(np.tile(clean, 4), np.tile(adversarial, 4))
+    assert more_high - more_low < (high - low) / 1.8
+    assert auc_interval([0.0, 0.1], [-5.0, -6.0]) == (1.0, 1.0)  # separated: clipped

@@ -7,6 +7,7 @@ import papermill
 import pytest
 
 from nbutils import params
+from nbutils.profiles import PAGES
 from test_book import NOTEBOOKS, ROOT, parameters_cell_names
 
 
@@ -37,13 +38,21 @@ def run_first_cells(notebook, monkeypatch, tmp_path, **parameters) -> dict:
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
-def test_every_parameter_has_a_rule_and_every_profile_keeps_them(notebook, monkeypatch, tmp_path, capsys):
-    names = [n for n in parameters_cell_names(notebook) if n != "profile"]
-    assert sorted(set(names) - set(params.RULES)) == []
-    profiles = run_first_cells(notebook, monkeypatch, tmp_path, profile="smoke")["PROFILES"]
-    for profile in profiles:  # each profile's defaults pass the rules and the chapter's agreements
-        cfg = params.settle(profiles, profile)
-        params.AGREEMENTS.get(notebook.stem, lambda cfg: None)(cfg)
+def test_each_page_declares_its_parameters_once_and_every_profile_keeps_them(notebook):
+    page = PAGES[notebook.stem]
+    assert parameters_cell_names(notebook) == ["profile", *page.names]  # the cell holds what papermill injects
+    assert params.stale_cells(ROOT / "book", {page.name: page}) == []   # and is written from the declaration
+    setup = "".join(c.source for c in first_cells(notebook) if "parameters" not in c.metadata.get("tags", []))
+    assert "PROFILES" not in setup and "check_range" not in setup and "params." not in setup
+    for profile in page.profiles:  # each profile's values pass the rules and the page's agreements
+        page.settle(profile, {})
+
+
+def test_an_injected_name_the_page_does_not_declare_stops_it_naming_the_closest(monkeypatch, tmp_path):
+    notebook = ROOT / "book" / "03_defensive_distillation.ipynb"
+    with pytest.raises(ValueError, match="'epsilon': did you mean 'epsilons'"):
+        run_first_cells(notebook, monkeypatch, tmp_path, profile="smoke",
+                        In=["", "# Parameters\nprofile = \"smoke\"\nepsilon = 0.3\n"], epsilon=0.3)
 
 
 #: One bad value of each kind, per page: (parameter, value, error, words the message must hold).

@@ -1,4 +1,5 @@
 """Results with provenance, paper-vs-run tables, chapter parameter checks."""
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -13,14 +14,20 @@ from nbutils import chapter, params, report
 
 ROOT = Path(__file__).resolve().parents[1]
 
-PROFILES = {"paper": {"models": ["resnet101"], "epsilons": [0.01, 0.02], "batch_size": 32, "seed": 0,
-                      "device": "auto", "download_weights": False},
-            "smoke": {"models": ["efficientnet_lite0"], "epsilons": [0.02], "batch_size": 4, "seed": 0,
-                      "device": "cpu", "download_weights": False}}
+PAGE = params.Page("99_settle", profiles={"paper": "full", "smoke": "small"}, parameters=[
+    params.param("models", list, "model names", ["resnet101"], params.Rule(choices=["resnet101", "efficientnet_lite0"],
+                                                                          element=str), smoke=["efficientnet_lite0"]),
+    params.param("epsilons", list, "eps", [0.01, 0.02], params.PIXEL_EPS, smoke=[0.02]),
+    params.param("batch_size", int, "batch", 32, params.COUNT, smoke=4),
+    params.param("download_weights", bool, "fetch", False),
+    params.param("seed", int, "seed", 0, params.Rule(low=0)),
+    params.param("device", str, "device", "auto", smoke="cpu"),
+    params.param("results_dir", str, "results", ""),
+    params.param("cache_dir", str, "cache", "")])
 
 
 def test_settle_fills_nones_from_the_profile_and_keeps_overrides():
-    cfg = params.settle(PROFILES, "smoke", models=None, epsilons=[0.1, 1], batch_size=None)
+    cfg = PAGE.settle("smoke", dict(models=None, epsilons=[0.1, 1], batch_size=None))
     assert cfg.profile == "smoke" and cfg.models == ["efficientnet_lite0"] and cfg.epsilons == [0.1, 1]
     assert cfg.batch_size == 4 and cfg.device == "cpu"
 
@@ -28,16 +35,37 @@ def test_settle_fills_nones_from_the_profile_and_keeps_overrides():
 @pytest.mark.parametrize("given,error,word", [
     ({"batch_size": "32"}, TypeError, "batch_size"), ({"batch_size": 3.5}, TypeError, "batch_size"),
     ({"batch_size": True}, TypeError, "batch_size"), ({"epsilons": 0.02}, TypeError, "epsilons"),
-    ({"download_weights": 1}, TypeError, "download_weights"), ({"model": ["x"]}, ValueError, "model"),
+    ({"download_weights": 1}, TypeError, "download_weights"), ({"model": ["x"]}, ValueError, "did you mean 'models'"),
+    ({"epsilons": [0.1, 2.0]}, ValueError, r"'epsilons\[1\]'"), ({"batch_size": 0}, ValueError, "'batch_size'"),
 ])
 def test_settle_rejects_bad_parameters_by_name(given, error, word):
     with pytest.raises(error, match=word):
-        params.settle(PROFILES, "paper", **given)
+        PAGE.settle("paper", given)
 
 
-def test_settle_rejects_an_unknown_profile():
+def test_settle_rejects_an_unknown_profile_and_a_declaration_with_a_stray_profile():
     with pytest.raises(ValueError, match="profile"):
-        params.settle(PROFILES, "fast")
+        PAGE.settle("fast", {})
+    with pytest.raises(ValueError, match="unknown profiles"):
+        params.Page("bad", profiles={"paper": ""}, parameters=[params.param("n", int, "n", 1, fast=2)])
+
+
+def test_an_agreement_names_every_parameter_it_involves():
+    cfg = SimpleNamespace(n_attack=600, n_test=500)
+    with pytest.raises(ValueError, match="'n_attack', 'n_test' disagree: n_attack must lie in \\[1, 500\\], got 600"):
+        params.check_within(cfg, "n_attack", 1, cfg.n_test, ["n_test"])
+
+
+def test_the_parameters_cell_lists_each_parameter_with_its_type_and_help():
+    cell = PAGE.parameters_cell()
+    assert 'profile: str = os.environ.get("NBUTILS_PROFILE", "paper")  # "paper" (full) | "smoke" (small)' in cell
+    assert "batch_size: int = None" in cell and cell.splitlines()[-1].startswith("cache_dir: str = None")
+
+
+def test_injected_reads_the_names_of_papermills_parameters_cell():
+    namespace = {"In": ["", "# Parameters\nprofile = \"smoke\"\nn_train = 10\n", "x = 1"], "n_train": 10, "x": 1}
+    assert params.injected(namespace) == {"profile": None, "n_train": 10}  # profile: not in this namespace
+    assert params.injected({"x": 1}) == {}
 
 
 def test_paper_vs_run_gives_differences_and_keeps_unmatched_rows():
@@ -68,34 +96,32 @@ def test_write_results_writes_csv_and_json_with_provenance(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["fgsm.csv", "fgsm.json"]
 
 
-def test_check_range_names_the_parameter():
-    assert params.check_range("n_val", 10_000, 1, 59_999) == 10_000
-    with pytest.raises(ValueError, match="'n_train' must lie in \\[1, 50000\\], got 50001"):
-        params.check_range("n_train", 50_001, 1, 50_000)
-
-
-PROFILES_99 = {"smoke": {"seed": 3, "device": "cpu", "results_dir": "", "cache_dir": "", "epsilons": [0.1]}}
+PAGE_99 = params.Page("99_settle", profiles={"smoke": "small"}, cache=None, parameters=[
+    params.param("seed", int, "seed", 3, params.Rule(low=0)), params.param("device", str, "device", "cpu"),
+    params.param("results_dir", str, "results", ""), params.param("cache_dir", str, "cache", ""),
+    params.param("epsilons", list, "eps", [0.1], params.PIXEL_EPS)])
 
 
 def test_chapter_start_settles_each_parameter_once_and_rejects_bad_ones():
     namespace = {"profile": "smoke", "seed": None, "device": None, "results_dir": None, "cache_dir": None,
                  "epsilons": [0.5], "unrelated": object()}
-    run = chapter.start("99_settle", PROFILES_99, {**namespace, "results_dir": "/tmp/nbutils-99"})
+    run = chapter.start(PAGE_99, {**namespace, "results_dir": "/tmp/nbutils-99"})
     assert run.cfg.seed == 3 and run.cfg.epsilons == [0.5] and run.device.type == "cpu" and run.cache is None
     assert run.results == Path("/tmp/nbutils-99")
     with pytest.raises(TypeError, match="seed"):
-        chapter.start("99_settle", PROFILES_99, {**namespace, "seed": "1"})
+        chapter.start(PAGE_99, {**namespace, "seed": "1"})
     with pytest.raises(ValueError, match="device 'gpu'"):
-        chapter.start("99_settle", PROFILES_99, {**namespace, "device": "gpu"})
+        chapter.start(PAGE_99, {**namespace, "device": "gpu"})
     with pytest.raises(ValueError, match="profile"):
-        chapter.start("99_settle", PROFILES_99, {**namespace, "profile": "fast"})
+        chapter.start(PAGE_99, {**namespace, "profile": "fast"})
 
 
 def test_a_rerun_writes_results_and_caches_outside_tracked_files_unless_told(monkeypatch, tmp_path):
     monkeypatch.delenv(chapter.RESULTS_ENV, raising=False)
     monkeypatch.delenv(chapter.CACHE_ENV, raising=False)
     namespace = {"profile": "smoke", "seed": None, "device": None, "results_dir": None, "cache_dir": None, "epsilons": None}
-    run = chapter.start("99_rerun", PROFILES_99, namespace, cache="models")
+    rerun = dataclasses.replace(PAGE_99, name="99_rerun", cache="models")
+    run = chapter.start(rerun, namespace)
     try:
         for folder in (run.results, run.cache):
             assert folder.is_relative_to(ROOT / "runs")
@@ -109,11 +135,11 @@ def test_a_rerun_writes_results_and_caches_outside_tracked_files_unless_told(mon
     finally:
         shutil.rmtree(run.results, ignore_errors=True)
     monkeypatch.setenv(chapter.RESULTS_ENV, str(tmp_path))  # the committed runs' explicit choice
-    assert chapter.start("99_rerun", PROFILES_99, namespace).results == tmp_path / "smoke" / "99_rerun"
+    assert chapter.start(rerun, namespace).results == tmp_path / "smoke" / "99_rerun"
 
 
 def test_provenance_keeps_the_commit_read_at_the_start():
-    run = chapter.start("99_commit", PROFILES_99, {"profile": "smoke", "results_dir": "/tmp/nbutils-99"})
+    run = chapter.start(dataclasses.replace(PAGE_99, name="99_commit"), {"profile": "smoke", "results_dir": "/tmp/nbutils-99"})
     run.commit = "abc123"  # as read when the run started, before it wrote anything
     record = run.provenance(models={"m": 1})
     assert record["git_commit"] == "abc123" and record["chapter"] == "99_commit" and record["seed"] == 3
