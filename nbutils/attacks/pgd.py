@@ -7,7 +7,9 @@ of the whole perturbation of [0, 1] images ("l2").
 """
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -128,11 +130,18 @@ class PGD(Attack):
 pgd = PGD.function
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class _WithoutStart(Attack):
     """PGD from the image itself (no random start), of step ``alpha`` or, when None, ``eps / steps``:
     the budget is reached in exactly ``steps`` steps."""
 
-    norm_of_ball = "linf"
+    norm_of_ball: ClassVar[str] = "linf"
+    eps: float
+    alpha: float | None = None
+    steps: int = 10
+    targeted: bool = False
+    loss: str | LossFunction = "ce"
+    temperature: float = 1.0
 
     def prepare(self, model: nn.Module) -> Kernel:
         steps = check_positive_int(self.steps, "steps")
@@ -150,13 +159,6 @@ class BIM(_WithoutStart):
     Returns the adversarial images (N, C, H, W) on the images' device.
     """
 
-    eps: float
-    alpha: float | None = None
-    steps: int = 10
-    targeted: bool = False
-    loss: str | LossFunction = "ce"
-    temperature: float = 1.0
-
 
 bim = BIM.function
 
@@ -172,12 +174,6 @@ class IterativeL2(_WithoutStart):
     """
 
     norm_of_ball = "l2"
-    eps: float
-    alpha: float | None = None
-    steps: int = 10
-    targeted: bool = False
-    loss: str | LossFunction = "ce"
-    temperature: float = 1.0
 
 
 iterative_l2 = IterativeL2.function
