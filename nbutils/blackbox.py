@@ -19,7 +19,7 @@ from torch import nn
 
 from .attacks import FGSM
 from .batching import model_device, module_mode, run_batched
-from .checks import check_eps, check_model_fits, check_positive_int, check_seed, checked_inputs
+from .checks import check_choice, check_eps, check_model_fits, check_positive_int, check_seed, checked_inputs
 from .files import cache_entry, state_digest
 from .metrics import class_logits
 from .train import cached_module, fit
@@ -34,9 +34,9 @@ def jacobian_augmentation(model: nn.Module, images: torch.Tensor, labels: torch.
                           batch_size: int = 512) -> torch.Tensor:
     """The new points of one Jacobian-based augmentation: ``x + lam * sign(d softmax(model(x))_y / dx)``
     for each image x with label y, (N, C, H, W), in eval mode, not clipped to [0, 1] (as cleverhans'
-    ``jacobian_augmentation``). images: (N, C, H, W); labels: (N,) the labels the substitute was
-    trained on. Unchecked (see :func:`train_substitute`)."""
-    step = FGSM(eps=lam, loss=_label_probability, clip=False)  # ascends softmax_y, unclamped
+    ``jacobian_augmentation``); a negative ``lam`` steps down the label's probability. images: (N, C,
+    H, W); labels: (N,) the labels the substitute was trained on. Unchecked (see :func:`train_substitute`)."""
+    step = FGSM(eps=abs(lam), loss=_label_probability, clip=False, targeted=lam < 0)  # up (down) softmax_y, unclamped
     with module_mode(model, training=False):
         return run_batched(step.prepare(model), (images, labels), device=model_device(model), batch_size=batch_size,
                            out_device=images.device)
@@ -62,8 +62,19 @@ class SubstituteHistory:
         return pd.DataFrame(self.rows)
 
 
-def _train_rounds(substitute, oracle, images, labels, val_images, val_labels, *, rounds, lam, epochs, batch_size,
-                  lr, seed) -> SubstituteHistory:
+#: How the augmentation step's sign moves over the rounds: "constant" (+lam every round, Papernot et
+#: al. 2017's text) or "cleverhans" (cleverhans' black-box tutorial, which Defense-GAN's blackbox.py
+#: copies: ``lmbda_coef = 2 * int(int(rho / 3) != 0) - 1``, i.e. -lam for the first three rounds, then +lam).
+LAM_SCHEDULES = ("constant", "cleverhans")
+
+
+def augmentation_step(lam: float, round_: int, schedule: str) -> float:
+    """The signed step of the augmentation after round ``round_`` (0-based) under ``schedule``."""
+    return lam if schedule == "constant" or round_ >= 3 else -lam
+
+
+def _train_rounds(substitute, oracle, images, labels, val_images, val_labels, *, rounds, lam, lam_schedule, epochs,
+                  batch_size, lr, seed) -> SubstituteHistory:
     history = SubstituteHistory()
     oracle_val = oracle_labels(oracle, val_images)
     for round_ in range(rounds):
@@ -74,15 +85,15 @@ def _train_rounds(substitute, oracle, images, labels, val_images, val_labels, *,
                              "val_acc": rows[-1]["val_acc"], "agreement": agreement,
                              "seconds": sum(r["seconds"] for r in rows)})
         if round_ < rounds - 1:
-            new = jacobian_augmentation(substitute, images, labels, lam)
+            new = jacobian_augmentation(substitute, images, labels, augmentation_step(lam, round_, lam_schedule))
             images, labels = torch.cat([images, new]), torch.cat([labels, oracle_labels(oracle, new)])
     return history
 
 
 def train_substitute(substitute: nn.Module, oracle: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                      val_images: torch.Tensor, val_labels: torch.Tensor, *, rounds: int = 6, lam: float = 0.1,
-                     epochs: int = 10, batch_size: int = 128, lr: float = 1e-3, seed: int = 0,
-                     cache_dir: str | os.PathLike | None = None) -> SubstituteHistory:
+                     lam_schedule: str = "cleverhans", epochs: int = 10, batch_size: int = 128, lr: float = 1e-3,
+                     seed: int = 0, cache_dir: str | os.PathLike | None = None) -> SubstituteHistory:
     """Train ``substitute`` against the black box ``oracle`` by Jacobian-based dataset augmentation.
 
     images, labels: the attacker's initial set (Defense-GAN: the first 150 test images with their true
@@ -90,7 +101,8 @@ def train_substitute(substitute: nn.Module, oracle: nn.Module, images: torch.Ten
     ``rounds`` rounds (Defense-GAN's ``data_aug`` = 6): train ``epochs`` epochs with Adam at ``lr``,
     constant, batches of ``batch_size`` (a fresh optimiser each round, the weights carried over, as
     cleverhans' ``model_train``); then, except after the last round, double the set with
-    :func:`jacobian_augmentation` at step ``lam`` and label the new half by querying the oracle. The
+    :func:`jacobian_augmentation` at step ``lam``, its sign by ``lam_schedule`` (:data:`LAM_SCHEDULES`;
+    default: the source's), and label the new half by querying the oracle. The
     set grows to ``len(images) * 2 ** (rounds - 1)``. Augmented points may leave [0, 1] (the source
     does not clip). ``cache_dir``: keep the trained weights by the settings, the oracle's weights and
     the data (a hit loads them, with ``weights_only=True``). Returns a :class:`SubstituteHistory`.
@@ -100,6 +112,7 @@ def train_substitute(substitute: nn.Module, oracle: nn.Module, images: torch.Ten
                                             names=("val_images", "val_labels"))
     check_model_fits(oracle, images, name="images (for the oracle)")
     settings = dict(rounds=check_positive_int(rounds, "rounds"), lam=check_eps(lam, name="lam"),
+                    lam_schedule=check_choice(lam_schedule, LAM_SCHEDULES, "lam_schedule"),
                     epochs=check_positive_int(epochs, "epochs"), batch_size=batch_size, lr=lr, seed=check_seed(seed))
     device = model_device(substitute)
 

@@ -19,7 +19,7 @@ import math
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -239,40 +239,87 @@ def _rate(flags: torch.Tensor, name: str) -> dict:
     return {name: k / n, f"{name}_low": low, f"{name}_high": high}
 
 
+def held_out_thresholds(detector: "GMMDetector", features: torch.Tensor, classes: torch.Tensor,
+                        false_alarm: float) -> torch.Tensor:
+    """(n_classes,) float64 thresholds calibrated on held-out clean data, the standard operating point:
+    for each class c, the ``false_alarm``-quantile of the scores of the held-out clean hidden states
+    ``features`` (M, D) predicted as c (``classes`` (M,)), so that about that fraction of unseen clean
+    inputs is rejected. A class with no held-out image keeps its training threshold at ``1 - false_alarm``."""
+    false_alarm = check_fraction(false_alarm, "false_alarm")
+    scores = detector.score(features, classes)
+    classes = classes.to(scores.device)
+    thresholds = detector.threshold(1 - false_alarm).to(scores.device).clone()
+    for c in classes.unique().tolist():
+        thresholds[c] = torch.quantile(scores[classes == c], false_alarm)
+    return thresholds
+
+
 def evaluate_detection(detector: "GMMDetector", model: nn.Module, layer: str, clean_images: torch.Tensor,
                        adversarial_images: torch.Tensor, labels: torch.Tensor, *, keeps: Sequence[float] = (0.95, 0.99),
+                       thresholds: Mapping[str, torch.Tensor] | None = None, transform: Callable | None = None,
                        batch_size: int = 1000) -> DetectionResult:
     """Score ``detector`` (fitted on ``model``'s ``layer``) on clean images and their adversarial
     versions, each scored under the class ``model`` predicts for it.
 
     clean_images, adversarial_images: (N, C, H, W), pairwise; labels: (N,) true classes. An attack is
-    *successful* on an image that the model classifies correctly when clean and wrongly when attacked.
+    *successful* on an image that the model classifies correctly when clean and wrongly when attacked,
+    and leaves it *unflipped* when the model predicts the same class for both. transform: a function
+    of the hidden states (N, D) -> (N, D') the detector was fitted on (e.g. :func:`standardiser`);
+    thresholds: more operating points by name, (n_classes,) thresholds each (e.g.
+    :func:`held_out_thresholds`), beside ID-``keep`` for each of ``keeps``.
     Returns a :class:`DetectionResult` whose row holds: n_images, target_accuracy (on the adversarial
-    images, with its Wilson interval), n_successful, auc_all and auc_successful (clean against all or
-    successful adversarial inputs, DeLong intervals), and for each ``keep``: false_alarm (clean
-    rejected), detection_all, detection_successful (adversarial rejected) and evaded (misclassified
-    and accepted, of all attacked images), Wilson intervals.
+    images, with its Wilson interval), n_successful, n_unflipped, auc_all, auc_successful and
+    auc_unflipped (clean against all, successful or unflipped adversarial inputs, DeLong intervals),
+    and for each operating point: false_alarm (clean rejected), detection_all, detection_successful
+    (adversarial rejected) and evaded (misclassified and accepted, of all attacked images), Wilson
+    intervals.
     """
     clean_features, clean_logits = hidden_states(model, clean_images, layer, batch_size=batch_size)
     adv_features, adv_logits = hidden_states(model, adversarial_images, layer, batch_size=batch_size)
+    if transform is not None:
+        clean_features, adv_features = transform(clean_features), transform(adv_features)
     labels = labels.to(clean_logits.device)
     clean_pred, adv_pred = clean_logits.argmax(1), adv_logits.argmax(1)
     clean_scores = detector.score(clean_features, clean_pred)
     adv_scores = detector.score(adv_features, adv_pred)
     wrong = adv_pred != labels
     successful = (clean_pred == labels) & wrong
+    unflipped = adv_pred == clean_pred
     clean_np, adv_np = clean_scores.double().cpu().numpy(), adv_scores.double().cpu().numpy()
     curve = roc(clean_np, adv_np)
     row = {"n_images": int(labels.numel()), **_rate(~wrong, "target_accuracy"), "n_successful": int(successful.sum()),
-           **_auc_with_interval(clean_np, adv_np, "auc_all"),
-           **_auc_with_interval(clean_np, adv_np[successful.cpu().numpy()], "auc_successful")}
-    for keep in keeps:
-        threshold = detector.threshold(keep).to(clean_scores.device)
+           "n_unflipped": int(unflipped.sum()), **_auc_with_interval(clean_np, adv_np, "auc_all"),
+           **_auc_with_interval(clean_np, adv_np[successful.cpu().numpy()], "auc_successful"),
+           **_auc_with_interval(clean_np, adv_np[unflipped.cpu().numpy()], "auc_unflipped")}
+    points = {f"{keep:g}": detector.threshold(keep) for keep in keeps} | dict(thresholds or {})
+    for name, threshold in points.items():
+        threshold = threshold.to(clean_scores.device)
         clean_rejected, adv_rejected = clean_scores < threshold[clean_pred], adv_scores < threshold[adv_pred]
-        row.update({**_rate(clean_rejected, f"false_alarm_{keep:g}"), **_rate(adv_rejected, f"detection_all_{keep:g}"),
-                    **_rate(adv_rejected[successful], f"detection_successful_{keep:g}"),
-                    **_rate(wrong & ~adv_rejected, f"evaded_{keep:g}")})
+        row.update({**_rate(clean_rejected, f"false_alarm_{name}"), **_rate(adv_rejected, f"detection_all_{name}"),
+                    **_rate(adv_rejected[successful], f"detection_successful_{name}"),
+                    **_rate(wrong & ~adv_rejected, f"evaded_{name}")})
     return DetectionResult(row, (curve.fpr, curve.tpr, curve.auc))
+
+
+# ---------------------------------------------------------------------------------------------
+# Transforms of the hidden states a detector may be fitted on
+
+def standardiser(train_features: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """(h - mean) / std per feature, the statistics of ``train_features`` (N, D) (a constant feature
+    keeps its scale): the same Gaussian mixtures, fitted on comparable axes."""
+    mean, std = train_features.mean(0), train_features.std(0)
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    return lambda features: (features - mean.to(features.device)) / std.to(features.device)
+
+
+def principal_components(train_features: torch.Tensor, k: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Projection on the ``k`` leading principal components of ``train_features`` (N, D) -> (N, k):
+    fewer, decorrelated dimensions for the mixtures to estimate."""
+    k = check_positive_int(k, "k")
+    mean = train_features.mean(0)
+    _, _, v = torch.linalg.svd((train_features - mean).double(), full_matrices=False)
+    basis = v[:k].T.to(train_features.dtype)
+    return lambda features: (features - mean.to(features.device)) @ basis.to(features.device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -302,6 +349,24 @@ class LikelihoodHead(nn.Module):
         """The logits in this head's output (its first K columns): what an attack or a metric that picks
         a class reads (:func:`nbutils.batching.class_scores`)."""
         return output[:, :output.shape[1] // 2]
+
+
+def detection_aware_loss(detector: "GMMDetector", *, keep: float, weight: float):
+    """The standard adaptive loss against a detector (Carlini & Wagner 2017, "Adversarial examples are
+    not easily detected"), a per-image loss of :class:`LikelihoodHead`'s output (N, 2K) and the true
+    labels y (N,): ``CE(logits, y) - weight * max(0, TH_c - log p(H | c))`` with c the class the logits
+    predict now and TH_c its threshold for ``keep``. Ascending it misclassifies while keeping the hidden
+    state above the threshold of the class it is then predicted as: accepted by the detector."""
+    threshold = detector.threshold(keep)
+
+    def loss(output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        k = output.shape[1] // 2
+        logits, log_likelihoods = output[:, :k], output[:, k:]
+        predicted = logits.detach().argmax(1, keepdim=True)
+        shortfall = threshold.to(log_likelihoods)[predicted[:, 0]] - log_likelihoods.gather(1, predicted)[:, 0]
+        return F.cross_entropy(logits, labels, reduction="none") - weight * shortfall.clamp_min(0)
+
+    return loss
 
 
 def rejection_aware_loss(detector: "GMMDetector", *, keep: float, weight: float):

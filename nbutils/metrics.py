@@ -131,18 +131,24 @@ def with_intervals(table: pd.DataFrame, rate: str = "accuracy", total: str = "n_
     return table.assign(**{f"{rate}_low": scale * low, f"{rate}_high": scale * high})
 
 
-def seed_envelope(table: pd.DataFrame, by: str | Sequence[str], rate: str = "accuracy", total: str = "total") -> pd.DataFrame:
-    """A rate measured once per training seed (one row per seed in each ``by`` group), summarised
-    across seeds without leaving [0, 1]: columns ``by``..., n_seeds, ``rate`` (the mean over seeds),
+def seed_envelope(table: pd.DataFrame, by: str | Sequence[str], rate: str = "accuracy",
+                  total: str | None = "total") -> pd.DataFrame:
+    """A quantity measured once per training seed (one row per seed in each ``by`` group), summarised
+    across seeds without leaving its range: columns ``by``..., n_seeds, ``rate`` (the mean over seeds),
     ``<rate>_min`` and ``<rate>_max`` (the seeds' extremes) and ``<rate>_low``, ``<rate>_high``: the
-    lowest and highest bound of the seeds' 95 % Wilson intervals (over each seed's ``total`` trials).
-    That envelope covers both the test-set sampling of each seed and the spread between seeds: a
-    published number outside it is one no seed of this run is consistent with."""
+    lowest and highest bound of the seeds' 95 % intervals, Wilson's over each seed's ``total`` trials,
+    or, with ``total=None``, the table's own ``<rate>_low`` and ``<rate>_high`` (e.g. DeLong's for an
+    AUC). That envelope covers both the sampling of each seed's test images and the spread between
+    seeds: a published number outside it is one no seed of this run is consistent with."""
     by = [by] if isinstance(by, str) else list(by)
-    missing = [c for c in by + [rate, total] if c not in table.columns]
+    needed = by + [rate] + ([total] if total is not None else [f"{rate}_low", f"{rate}_high"])
+    missing = [c for c in needed if c not in table.columns]
     if missing:
         raise ValueError(f"columns {missing} are not in the table, which has {list(table.columns)}")
-    low, high = wilson_interval((table[rate] * table[total]).round(), table[total])
+    if total is not None:
+        low, high = wilson_interval((table[rate] * table[total]).round(), table[total])
+    else:
+        low, high = table[f"{rate}_low"], table[f"{rate}_high"]
     bounded = table.assign(_low=low, _high=high)
     grouped = bounded.groupby(by, sort=False)
     return grouped.agg(**{"n_seeds": (rate, "size"), rate: (rate, "mean"), f"{rate}_min": (rate, "min"),

@@ -351,16 +351,31 @@ class ModelF(nn.Sequential):
         _unit_norm_init(self)
 
 
+class ModelFTable1(nn.Sequential):
+    """Model F as the I-defender paper's Table 1 lists it: :class:`ModelF` without its third convolution,
+    so its last hidden state is the 3,200-d ``relu2`` (128 x 5 x 5): conv 1->64 8x8 stride 2 "same",
+    ReLU, conv 64->128 6x6 stride 2 "valid", ReLU, flatten, FC 3200->10 (logits). Named layers
+    ``conv1``, ``relu1``, ``conv2``, ``relu2``, ``flatten``, ``logits``."""
+
+    def __init__(self):
+        super().__init__(OrderedDict(
+            conv1=nn.Conv2d(1, 64, 8, stride=2, padding=3), relu1=nn.ReLU(),
+            conv2=nn.Conv2d(64, 128, 6, stride=2), relu2=nn.ReLU(), flatten=nn.Flatten(),
+            logits=nn.Linear(128 * 5 * 5, 10)))
+        _unit_norm_init(self)
+
+
 #: The MNIST nets by name: the paper's and the source's halved student (chapter 3), SimpleCNN (chapter 4),
-#: Defense-GAN's models E and F (chapter 5; also for Fashion-MNIST).
+#: Defense-GAN's models E and F, and F as the I-defender paper lists it (chapter 5; also for Fashion-MNIST).
 MNIST_MODELS = {"net": lambda: MnistNet(32, 64, 128), "student": lambda: MnistNet(16, 32, 64), "simple_cnn": SimpleCNN,
-                "model_e": ModelE, "model_f": ModelF}
+                "model_e": ModelE, "model_f": ModelF, "model_f_table1": ModelFTable1}
 
 
 def mnist_model(name: str = "net", *, seed: int = 0, device: str | torch.device = "cpu") -> Classifier:
     """A freshly initialised (seeded) MNIST-sized :class:`Classifier`, one of :data:`MNIST_MODELS`: "net"
     (the paper's), "student" (the source's halved distilled net), "simple_cnn" (chapter 4's), "model_e"
-    or "model_f" (chapter 5's). Pixels in [0, 1], no normalisation (as in the sources)."""
+    or "model_f" (chapter 5's), "model_f_table1" (model F as the I-defender paper's Table 1 lists it).
+    Pixels in [0, 1], no normalisation (as in the sources)."""
     check_choice(name, list(MNIST_MODELS), "MNIST model name")
     check_seed(seed)
     if not isinstance(device, (str, torch.device)):

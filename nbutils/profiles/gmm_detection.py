@@ -10,6 +10,7 @@ def _covariance_types():
 
 
 def agree(cfg) -> None:
+    check_within(cfg, "n_calibration", 1, 10_000 - cfg.n_tests, ["n_tests"])
     check_within(cfg, "n_train", cfg.selection_holdout + 10 * max(cfg.components_grid), 60_000,
                  ["selection_holdout", "components_grid"])
     check_within(cfg, "holdout", 1, cfg.n_tests - 1, ["n_tests"])
@@ -36,6 +37,14 @@ PAGE = Page(
         param("substitute_rounds", int, "Jacobian augmentation rounds (source: 6)", 6, COUNT, smoke=2),
         param("substitute_epochs", int, "substitute epochs per round (source: 10)", 10, COUNT, smoke=2),
         param("lam", float, "Jacobian augmentation step (source: 0.1)", 0.1, Rule(0.0, open_low=True)),
+        param("lam_schedule", str, '"cleverhans" (the source: down the label\'s probability for 3 rounds, then up) | '
+                                   '"constant"', "cleverhans", Rule(choices=["cleverhans", "constant"])),
+        param("n_seeds", int, "training seeds of Tables 3 and 5 (F, E and the detector anew each): seed, seed + 1, ...",
+              3, COUNT, smoke=2),
+        param("n_calibration", int, "clean test images after the first n_tests, which only set the held-out operating "
+                                    "point", 2_000, COUNT, smoke=200),
+        param("false_alarm", float, "false-alarm rate of that operating point", 0.05, Rule(0.0, 1.0, open_low=True,
+                                                                                            open_high=True)),
         param("fgsm_epsilons", list, "FGSM eps on the substitute, [0, 1] pixel units (paper: 0.1, 0.15, 0.2, 0.25, 0.3)",
               [0.1, 0.15, 0.2, 0.25, 0.3], PIXEL_EPS, smoke=[0.1, 0.3]),
         param("bim_eps", float, "L-inf budget of BIM (paper: not stated)", 0.3, PIXEL_EPS),
@@ -56,6 +65,13 @@ PAGE = Page(
               Rule(choices=_covariance_types, element=str), smoke=["full", "diag"]),
         param("reg_covar", float, "added to every covariance diagonal (scikit-learn's default: 1e-6)", 1e-6,
               Rule(low=0.0)),
+        param("reg_covar_grid", list, "regularisations of the density-model experiment", [1e-6, 1e-4, 1e-2, 1e-1],
+              Rule(low=0.0, element=float), smoke=[1e-6, 1e-2]),
+        param("pca_dims", list, "PCA dimensions of the density-model experiment", [16, 32], Rule(low=1, element=int),
+              smoke=[8]),
+        param("em_seeds", int, "initialisations of EM compared in the density-model experiment", 3, COUNT, smoke=2),
+        param("wide_layer_images", int, "training images that model a 12,544-d layer (relu1)", 20_000, COUNT,
+              smoke=500),
         param("selection_holdout", int, "training images held out to choose the mixture (then refit on all)", 5_000,
               COUNT, smoke=500),
         param("keeps", list, "fractions of training data the thresholds keep (paper: ID-95, ID-99)", [0.95, 0.99],
@@ -65,6 +81,9 @@ PAGE = Page(
         param("adaptive_weights", list, "weights alpha of the likelihood term of eq. 6 (0: plain PGD)",
               [0.0, 0.01, 0.1, 1.0, 10.0], Rule(low=0.0, element=float), smoke=[0.0, 1.0]),
         param("n_adaptive", int, "evaluation images attacked white-box", 500, COUNT, smoke=100),
+        param("detection_weights", list, "weights of the hinge of the standard detection-aware attack", [1.0, 10.0],
+              Rule(low=0.0, element=float), smoke=[1.0]),
+        param("adaptive_restarts", int, "random restarts of the standard detection-aware attack", 3, COUNT, smoke=1),
         param("other_nets", list, 'the nets of chapters 3 ("net") and 4 ("simple_cnn"), trained here on MNIST',
               ["net", "simple_cnn"], Rule(choices=["net", "simple_cnn"], element=str)),
         param("other_epochs", int, "their training epochs (Adam 1e-3, batch 128)", 3, COUNT, smoke=1),

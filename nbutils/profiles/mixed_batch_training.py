@@ -45,6 +45,11 @@ PAGE = Page(
         param("pgd_steps", int, "PGD iterations in the curves (step 2.5 eps / steps)", 40, COUNT, smoke=5),
         param("pgd_restarts", int, "PGD random restarts in the curves (an image counts as broken if any succeeds)", 2,
               COUNT),
+        param("check_steps", int, "steps of the margin-loss PGD that checks the mixed model for a masked gradient",
+              100, COUNT, smoke=5),
+        param("check_restarts", int, "its random restarts", 3, COUNT, smoke=1),
+        param("n_seeds", int, "training seeds of Table I and the curves: seed, seed + 1, ... (each trains every model)",
+              3, COUNT, smoke=2),
         param("figure_images", int, "adversarial test images shown in Fig. 8", 10, COUNT),
         param("eval_batch_size", int, "images per batch when testing and attacking", 1000, COUNT, smoke=500),
         *run_parameters("04_mixed_batch_training", seed="seeds the initialisation, shuffles, the fine-tuning subset and "
