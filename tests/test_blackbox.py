@@ -73,3 +73,13 @@ def test_bad_substitute_settings_are_named():
         blackbox.train_substitute(trainable_linear(), linear_classifier(), x, y, x, y, rounds=0)
     with pytest.raises(ValueError, match="lam"):
         blackbox.train_substitute(trainable_linear(), linear_classifier(), x, y, x, y, lam=float("nan"))
+
+
+def test_the_sources_augmentation_schedule_steps_down_for_three_rounds_then_up():
+    assert [blackbox.augmentation_step(0.1, r, "cleverhans") for r in range(5)] == [-0.1, -0.1, -0.1, 0.1, 0.1]
+    assert [blackbox.augmentation_step(0.1, r, "constant") for r in range(5)] == [0.1] * 5
+    model, x, y = linear_classifier(), torch.rand(5, 1, 4, 4), torch.tensor([0, 1, 2, 3, 0])
+    up, down = blackbox.jacobian_augmentation(model, x, y, 0.5), blackbox.jacobian_augmentation(model, x, y, -0.5)
+    torch.testing.assert_close(down - x, -(up - x))  # the same step, the other way
+    with pytest.raises(ValueError, match="lam_schedule"):
+        blackbox.train_substitute(trainable_linear(), model, x, y, x, y, rounds=1, lam_schedule="cosine")

@@ -191,3 +191,57 @@ def test_select_mixture_prefers_the_configuration_that_generated_the_data():
                            covariance_types=["spherical"])
     best = table.iloc[table["heldout_loglik"].idxmax()]
     assert int(best["n_components"]) == 2 and list(table.columns[:3]) == ["n_components", "covariance_type", "heldout_loglik"]
+
+
+def fitted_detector_and_features(seed=0):
+    rng = np.random.default_rng(seed)
+    features = torch.from_numpy(np.concatenate([rng.normal(c * 3.0, 1.0, (200, 4)) for c in range(3)])).float()
+    labels = torch.repeat_interleave(torch.arange(3), 200)
+    return GMMDetector(1, covariance_type="diag").fit(features, labels), features, labels
+
+
+def test_held_out_thresholds_reject_the_asked_share_of_held_out_clean_data():
+    from nbutils.detect import held_out_thresholds
+    detector, features, labels = fitted_detector_and_features()
+    _, held, held_labels = fitted_detector_and_features(seed=1)
+    thresholds = held_out_thresholds(detector, held, held_labels, 0.1)
+    rejected = detector.score(held, held_labels) < thresholds[held_labels]
+    for c in range(3):
+        assert rejected[held_labels == c].float().mean().item() == pytest.approx(0.1, abs=0.01)
+    with pytest.raises(ValueError, match="false_alarm"):
+        held_out_thresholds(detector, held, held_labels, 1.5)
+
+
+def test_feature_transforms_standardise_and_keep_the_leading_components():
+    from nbutils.detect import principal_components, standardiser
+    _, features, _ = fitted_detector_and_features()
+    standard = standardiser(features)(features)
+    assert torch.allclose(standard.mean(0), torch.zeros(4), atol=1e-5) and torch.allclose(standard.std(0), torch.ones(4), atol=1e-4)
+    projected = principal_components(features, 2)(features)
+    assert projected.shape == (600, 2) and projected[:, 0].var() >= projected[:, 1].var()
+
+
+def test_the_detection_aware_loss_rewards_misclassifying_and_penalises_falling_below_the_threshold():
+    from nbutils.detect import detection_aware_loss
+    detector, features, labels = fitted_detector_and_features()
+    threshold = detector.threshold(0.95)
+    logits = torch.tensor([[5.0, 0.0, 0.0], [5.0, 0.0, 0.0]])
+    log_likelihoods = torch.stack([threshold + 1.0, threshold - 4.0])  # row 0 accepted, row 1 rejected as class 0
+    output = torch.cat([logits, log_likelihoods.float()], 1)
+    loss = detection_aware_loss(detector, keep=0.95, weight=2.0)(output, torch.tensor([1, 1]))
+    ce = F.cross_entropy(logits, torch.tensor([1, 1]), reduction="none")
+    torch.testing.assert_close(loss, ce - torch.tensor([0.0, 8.0]))
+
+
+def test_the_auc_over_unflipped_inputs_counts_only_those_the_attack_did_not_flip():
+    model = mnist_model("model_e", seed=0).eval()
+    x = torch.rand(60, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    features, logits = hidden_states(model, x, "net.relu2")
+    predicted = logits.argmax(1)
+    detector = GMMDetector(1, covariance_type="spherical").fit(features, torch.arange(60) % 10)  # every class fitted
+    adversarial = attacks.fgsm(model, x, predicted, eps=0.05)
+    row = evaluate_detection(detector, model, "net.relu2", x, adversarial, predicted).row
+    with torch.no_grad():
+        flipped = int((model(adversarial).argmax(1) != predicted).sum())
+    assert 0 < flipped < 60 and row["n_unflipped"] == 60 - flipped
+    assert row["auc_unflipped_low"] <= row["auc_unflipped"] <= row["auc_unflipped_high"]

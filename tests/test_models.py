@@ -123,3 +123,12 @@ def test_a_deterministic_pool_of_another_size_falls_back_to_pytorchs():
     assert torch.equal(DeterministicAdaptiveAvgPool2d((3, 2))(x), torch.nn.AdaptiveAvgPool2d((3, 2))(x))
     assert torch.equal(DeterministicAdaptiveAvgPool2d((7, 5))(x), x)
     assert torch.allclose(DeterministicAdaptiveAvgPool2d(1)(x), x.mean((-2, -1), keepdim=True))
+
+
+def test_model_f_as_table_1_lists_it_ends_on_a_3200_d_hidden_state():
+    from nbutils.detect import hidden_states
+    from nbutils.models import mnist_model
+    model = mnist_model("model_f_table1", seed=0).eval()
+    features, logits = hidden_states(model, torch.rand(3, 1, 28, 28), "net.relu2")
+    assert features.shape == (3, 3200) and logits.shape == (3, 10)
+    assert not any(name.endswith("conv3") for name, _ in model.named_modules())
