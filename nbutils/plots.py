@@ -17,9 +17,17 @@ from .files import BATCH_ENV, atomic_path  # noqa: E402
 EXPLORER_EPSILONS = (0.0, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)  # the static explorer's frames, each convention's units
 
 
+def use_book_theme() -> None:
+    """The one look of every figure of the book: seaborn's whitegrid style and colour-blind palette,
+    text sized for the page's width."""
+    import seaborn as sns
+    sns.set_theme(context="notebook", style="whitegrid", palette="colorblind", font_scale=0.85,
+                  rc={"axes.titlesize": 10, "figure.titlesize": 11})
+
+
 def sharp_inline_figures() -> None:
     """In a notebook, draw charts as PNG at twice the pixels, shown at the same size ("retina"), so
-    they stay readable at the book's page width. Figures of photographs (``fig.photographic = True``,
+    they stay readable at the book's page width, in the book's theme (:func:`use_book_theme`). Figures of photographs (``fig.photographic = True``,
     set by :func:`prediction_grid`) stay at one pixel per point: doubling them would triple a
     notebook's size for no gain in what a reader can see. Outside IPython: nothing."""
     try:
@@ -28,6 +36,7 @@ def sharp_inline_figures() -> None:
         from matplotlib.figure import Figure
     except ImportError:
         return
+    use_book_theme()
     shell = get_ipython()
     if shell is None:
         return
@@ -92,98 +101,139 @@ def prediction_grid(images: torch.Tensor, probs: torch.Tensor, indices: torch.Te
     return fig
 
 
-def curves(table: pd.DataFrame, *, x: str = "eps", hue: str = "model", style: str | None = None,
-           metrics: Sequence[str] = ("top1_error", "top5_error"), paper: pd.DataFrame | None = None,
-           xlabel: str | None = None, title: str = "", percent: bool = True):
-    """Metrics against ``x``, one panel per metric, one line per ``hue`` (and ``style``) group.
+def _legend_below(fig, handles, labels, *, title: str | None = None) -> None:
+    """One legend for the whole figure, under its panels (never over the data), in as many columns as
+    fit its width (about 13 characters of 8-point text an inch), and room made for it."""
+    if not labels:
+        return
+    ncol = max(1, min(len(labels), int(13 * fig.get_figwidth() / (max(map(len, labels)) + 4))))
+    rows = -(-len(labels) // ncol)
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False, title=title,
+               title_fontsize=8)
+    fig.tight_layout(rect=(0, min(0.4, (0.25 + 0.18 * rows + (0.2 if title else 0)) / fig.get_figheight()), 1, 1))
 
-    percent: the metrics are fractions (errors, success rates), drawn as 0-100 %; False for other
-    quantities (losses), on a free axis. paper: optional rows with the same columns, drawn dashed
-    with hollow markers.
-    """
-    scale = 100.0 if percent else 1.0
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4), squeeze=False)
-    keys = [hue] + ([style] if style else [])
-    for ax, metric in zip(axes[0], metrics):
-        for key, rows in table.groupby(keys, sort=False):
-            ax.plot(rows[x], scale * rows[metric], marker="o",
-                    label=" / ".join(map(str, key if isinstance(key, tuple) else (key,))))
-        if paper is not None:
-            for key, rows in paper.groupby(hue, sort=False):
-                ax.plot(rows[x], scale * rows[metric], linestyle="--", marker="o", mfc="none", label=f"{key} (paper)")
-        ax.set_xlabel(xlabel or x)
-        ax.set_ylabel(metric.replace("_", " ") + (" (%)" if percent else ""))
-        if percent:
-            ax.set_ylim(0, 100)
-        ax.grid(alpha=0.3)
-    axes[0, -1].legend(fontsize=8, loc="best")
+
+def _title(fig, title: str) -> None:
     if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+        import textwrap
+        fig.suptitle(textwrap.fill(title, int(9.5 * fig.get_figwidth())), fontsize=11)
+
+
+def _line_with_band(data: pd.DataFrame, *, x: str, y: str, low: str | None, high: str | None, color=None, label=None,
+                    dashed: bool = False) -> None:
+    """One line of a FacetGrid panel, sorted by ``x``, with its interval [low, high] shaded (seaborn's
+    ``map_dataframe`` calls it per panel and hue); ``dashed``: a published series, hollow markers, no band."""
+    rows = data.sort_values(x)
+    ax = plt.gca()
+    style = dict(linestyle="--", mfc="none") if dashed else {}
+    ax.plot(rows[x], rows[y], marker="o", markersize=3.5, color=color, label=label, **style)
+    if low is not None and not dashed:
+        ax.fill_between(rows[x], rows[low], rows[high], color=color, alpha=0.2, linewidth=0)
 
 
 def band_curves(table: pd.DataFrame, *, x: str, y: str, low: str, high: str, hue: str | None = None,
                 facet: str | None = None, row: str | None = None, xlabel: str | None = None, ylabel: str | None = None,
                 title: str = "", percent: bool = True, logx: bool = False, paper: pd.DataFrame | None = None):
-    """``y`` against ``x`` with a shaded interval [``low``, ``high``]: one panel per ``facet`` value (and
-    one row of panels per ``row`` value), one line per ``hue`` value (legend under the panels, off the
-    data); None: a single panel or line. percent: values are fractions drawn as 0-100 %. logx: a log
-    x-axis. paper: optional rows with the columns x, y (and facet, row, hue), drawn dashed with hollow
-    markers and no band. Returns the figure."""
+    """``y`` against ``x`` with its interval [``low``, ``high``] shaded (seaborn's FacetGrid): one panel
+    per ``facet`` value (and one row of panels per ``row`` value), one colour per ``hue`` value, one
+    legend under the panels; None: a single panel or line. percent: values are fractions drawn as
+    0-100 %. logx: a log x-axis. paper: optional rows with the columns x, y (and facet, row, hue),
+    drawn dashed with hollow markers and no band, in their hue's colour. Returns the figure."""
+    import seaborn as sns
+
     scale = 100.0 if percent else 1.0
-    facets = list(dict.fromkeys(table[facet])) if facet else [None]
-    rows_of_panels = list(dict.fromkeys(table[row])) if row else [None]
-    width = 4.2 if len(facets) < 4 else 2.8
-    fig, axes = plt.subplots(len(rows_of_panels), len(facets), figsize=(width * len(facets), 3.2 * len(rows_of_panels) + 0.4),
-                             squeeze=False, sharey=True, sharex=True)
-    for (i, row_value), (j, value) in ((a, b) for a in enumerate(rows_of_panels) for b in enumerate(facets)):
-        ax = axes[i, j]
-        keep = {k: v for k, v in ((facet, value), (row, row_value)) if k}
-        panel = table.loc[(table[list(keep)] == pd.Series(keep)).all(axis=1)] if keep else table
-        for key, rows in (panel.groupby(hue, sort=False) if hue else [(None, panel)]):
-            rows = rows.sort_values(x)
-            line, = ax.plot(rows[x], scale * rows[y], marker="o", markersize=3, label=None if key is None else str(key))
-            ax.fill_between(rows[x], scale * rows[low], scale * rows[high], color=line.get_color(), alpha=0.2)
-        published = None if paper is None else paper.loc[(paper[list(keep)] == pd.Series(keep)).all(axis=1)] if keep else paper
-        for key, rows in ([] if published is None else published.groupby(hue, sort=False) if hue else [(None, published)]):
-            rows = rows.sort_values(x)
-            ax.plot(rows[x], scale * rows[y], linestyle="--", marker="o", markersize=3, mfc="none",
-                    label="paper" if key is None else f"{key} (paper)")
-        if keep:
-            ax.set_title(", ".join(str(v) for v in (value, row_value) if v is not None), fontsize=10)
-        if i == len(rows_of_panels) - 1:
-            ax.set_xlabel(xlabel or x)
-        if logx:
-            ax.set_xscale("log")
-        ax.grid(alpha=0.3)
-        if percent:
-            ax.set_ylim(-2, 102)
-    for i in range(len(rows_of_panels)):
-        axes[i, 0].set_ylabel((ylabel or y) + (" (%)" if percent else ""))
-    legend_rows = 0
-    if hue:
-        handles, labels = axes[0, 0].get_legend_handles_labels()
-        # as many columns as fit the figure's width (about 13 characters of 8-point text an inch)
-        ncol = max(1, min(len(labels), int(13 * fig.get_figwidth() / (max(map(len, labels)) + 4))))
-        legend_rows = -(-len(labels) // ncol)
-        fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout(rect=(0, min(0.5, 0.05 + 0.055 * legend_rows), 1, 1))
-    return fig
+    data = table.assign(**{c: scale * table[c] for c in (y, low, high)})
+    hues = list(dict.fromkeys(data[hue])) if hue else [None]
+    extra = [] if paper is None or not hue else [k for k in dict.fromkeys(paper[hue]) if k not in hues]
+    palette = dict(zip(hues + extra, sns.color_palette(n_colors=len(hues) + len(extra)))) if hue else None
+    n_facets = data[facet].nunique() if facet else 1
+    width = 3.8 if n_facets < 4 else 2.7
+    grid = sns.FacetGrid(data, col=facet, row=row, hue=hue, palette=palette, hue_order=hues if hue else None,
+                         sharey=True, sharex=True, height=3.2, aspect=width / 3.2, despine=False, margin_titles=False)
+    grid.map_dataframe(_line_with_band, x=x, y=y, low=low, high=high)
+    if paper is not None:
+        published = paper.assign(**{y: scale * paper[y]})
+        for key, ax in grid.axes_dict.items() if (facet or row) else [(None, grid.ax)]:
+            values = dict(zip([k for k in (row, facet) if k], key if isinstance(key, tuple) else (key,)))
+            panel = published.loc[(published[list(values)] == pd.Series(values)).all(axis=1)] if values else published
+            plt.sca(ax)
+            for name, rows in (panel.groupby(hue, sort=False) if hue else [(None, panel)]):
+                _line_with_band(rows, x=x, y=y, low=None, high=None, color=palette[name] if hue else "grey",
+                                label=f"{name} (paper)" if hue else "paper", dashed=True)
+    if facet or row:
+        grid.set_titles(template=", ".join(t for t, k in (("{col_name}", facet), ("{row_name}", row)) if k))
+    grid.set_axis_labels(xlabel or x, (ylabel or y) + (" (%)" if percent else ""))
+    if logx:
+        grid.set(xscale="log")
+    if percent:
+        grid.set(ylim=(-2, 102))
+    handles, labels = {}, []
+    for ax in grid.axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in handles:
+                handles[label] = handle
+                labels.append(label)
+    _title(grid.figure, title)
+    if hue or paper is not None:
+        _legend_below(grid.figure, [handles[k] for k in labels], labels)
+    else:
+        grid.figure.tight_layout()
+    return grid.figure
 
 
-def sweep_curves(table: pd.DataFrame, *, x: str, y: str, hue: str | None = None, facet: str | None = None,
+def curves(table: pd.DataFrame, *, x: str = "eps", hue: str = "model", style: str | None = None,
+           metrics: Sequence[str] = ("top1_error", "top5_error"), paper: pd.DataFrame | None = None,
+           xlabel: str | None = None, title: str = "", percent: bool = True):
+    """Metrics against ``x``, one panel per metric (seaborn's ``relplot``), one colour per ``hue`` and
+    one line style per ``style`` value. percent: the metrics are fractions (errors, success rates),
+    drawn as 0-100 %; False for other quantities (losses), each on its own axis. paper: optional rows
+    with the same columns, drawn dashed with hollow markers. Returns the figure."""
+    import seaborn as sns
+
+    scale = 100.0 if percent else 1.0
+    readable = {m: m.replace("_", " ") + (" (%)" if percent else "") for m in metrics}
+    long = table.melt(id_vars=[c for c in (x, hue, style) if c], value_vars=list(metrics), var_name="metric",
+                      value_name="value").assign(metric=lambda t: t["metric"].map(readable))
+    long["value"] = scale * long["value"]
+    grid = sns.relplot(data=long, x=x, y="value", hue=hue, style=style, col="metric", kind="line", marker="o",
+                       markersize=5, errorbar=None, height=3.3, aspect=1.3, facet_kws={"sharey": percent},
+                       legend=False)
+    hues = list(dict.fromkeys(long[hue]))
+    palette = dict(zip(hues, sns.color_palette(n_colors=len(hues))))
+    if paper is not None:
+        for metric, ax in grid.axes_dict.items():
+            source = next(m for m, label in readable.items() if label == metric)
+            for name, rows in paper.groupby(hue, sort=False):
+                ax.plot(rows[x], scale * rows[source], linestyle="--", marker="o", mfc="none", color="grey",
+                        label=f"{name} (paper)")
+    grid.set_titles("{col_name}")
+    grid.set_axis_labels(xlabel or x, "")
+    if percent:
+        grid.set(ylim=(-2, 102))
+    from matplotlib.lines import Line2D
+    styles = list(dict.fromkeys(long[style])) if style else []
+    handles = [Line2D([], [], color=palette[h], marker="o") for h in hues]
+    handles += [Line2D([], [], color="black", linestyle=ls) for ls, _ in zip(["-", "--", ":", "-."], styles)]
+    labels = [str(h) for h in hues] + [str(s) for s in styles]
+    if paper is not None:
+        handles.append(Line2D([], [], color="grey", linestyle="--", marker="o", mfc="none"))
+        labels.append("paper")
+    _title(grid.figure, title)
+    _legend_below(grid.figure, handles, labels)
+    return grid.figure
+
+
+def sweep_curves(table: pd.DataFrame, *, x: str, y: str, total: str, hue: str | None = None, facet: str | None = None,
                  xlabel: str | None = None, ylabel: str | None = None, title: str = "", logx: bool = False,
                  percent: bool = False):
-    """``y`` against a swept parameter ``x``: the mean over the rows of each (``facet``, ``hue``, x)
-    group (the seeds of a sweep) with its 95 % Student-t band (:func:`nbutils.metrics.mean_interval`),
-    drawn by :func:`band_curves`. percent: fractions drawn as 0-100 %."""
-    from .metrics import mean_interval
+    """A rate ``y`` against a swept parameter ``x``: the mean over the rows of each (``facet``, ``hue``, x)
+    group (the seeds of a sweep), with the envelope of the rows' 95 % Wilson intervals over their
+    ``total`` trials (:func:`nbutils.metrics.seed_envelope`, within [0, 1]), drawn by :func:`band_curves`.
+    percent: fractions drawn as 0-100 %."""
+    from .metrics import seed_envelope
 
-    summary = mean_interval(table, [k for k in (facet, hue) if k] + [x], y)
-    return band_curves(summary, x=x, y="mean", low="low", high="high", hue=hue, facet=facet, xlabel=xlabel,
+    summary = seed_envelope(table, [k for k in (facet, hue) if k] + [x], y, total)
+    return band_curves(summary, x=x, y=y, low=f"{y}_low", high=f"{y}_high", hue=hue, facet=facet, xlabel=xlabel,
                        ylabel=ylabel or y, title=title, percent=percent, logx=logx)
 
 
@@ -199,35 +249,34 @@ def facet_lines(table: pd.DataFrame, *, x: str, y: str, hue: str, facet: str, un
     data = table.assign(**{y: 100 * table[y]}) if percent else table
     grid = sns.relplot(data=data, x=x, y=y, hue=hue, col=facet, col_wrap=min(col_wrap, data[facet].nunique()),
                        kind="line", marker="o", markersize=4, units=units, estimator=None if units else "mean",
-                       linewidth=1 if units else 1.5, alpha=0.8, palette="viridis", height=2.6, aspect=1.0,
-                       facet_kws={"sharey": True})
+                       linewidth=1 if units else 1.5, alpha=0.8, height=2.6, aspect=1.0, facet_kws={"sharey": True},
+                       legend=False)
     grid.set_titles("{col_name}")
     grid.set_axis_labels(xlabel or x, (ylabel or y) + (" (%)" if percent else ""))
     if percent:
         grid.set(ylim=(-2, 102))
-    for ax in grid.axes.flat:
-        ax.grid(alpha=0.3)
-    sns.move_legend(grid, "lower center", bbox_to_anchor=(0.5, -0.02), ncol=data[hue].nunique(), frameon=False,
-                    title=hue)
-    if title:
-        import textwrap
-        grid.figure.suptitle(textwrap.fill(title, int(9 * grid.figure.get_figwidth())), fontsize=11)
-    grid.figure.tight_layout(rect=(0, 0.08, 1, 1))
+    from matplotlib.lines import Line2D
+    hues = list(dict.fromkeys(data[hue]))
+    palette = sns.color_palette(n_colors=len(hues))
+    _title(grid.figure, title)
+    _legend_below(grid.figure, [Line2D([], [], color=c, marker="o") for c in palette], [str(h) for h in hues],
+                  title=hue)
     return grid.figure
 
 
 def heatmap(ax, table: pd.DataFrame, *, fmt: str = "{:.1f}", vmin: float = 0, vmax: float = 100, title: str = ""):
-    """An annotated heat map of a 2-D table (rows x columns of numbers, e.g. target x patch size)."""
-    image = ax.imshow(table.to_numpy(dtype=float), cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
-    ax.set_xticks(range(table.shape[1]), [str(c) for c in table.columns])
-    ax.set_yticks(range(table.shape[0]), [str(r) for r in table.index])
-    for (r, c), value in pd.DataFrame(table.to_numpy(dtype=float)).stack().items():
-        ax.text(c, r, fmt.format(value), ha="center", va="center", fontsize=8,
-                color="black" if value > (vmin + vmax) / 2 else "white")
+    """An annotated heat map of a 2-D table (rows x columns of numbers, e.g. target x patch size),
+    seaborn's ``heatmap`` on ``ax``; fmt: a format string for each cell's value."""
+    import seaborn as sns
+
+    annotations = table.map(lambda v: "" if pd.isna(v) else fmt.format(v))
+    sns.heatmap(table.astype(float), ax=ax, annot=annotations, fmt="", cmap="viridis", vmin=vmin, vmax=vmax, cbar=False,
+                annot_kws={"fontsize": 8}, linewidths=0.5, linecolor="white")
     ax.set_xlabel(table.columns.name or "")
     ax.set_ylabel(table.index.name or "")
     ax.set_title(title, fontsize=10)
-    return image
+    ax.tick_params(axis="y", rotation=0)
+    return ax
 
 
 def image_grid(images: dict, *, rows: Sequence, cols: Sequence, row_label=str, col_label=str, title: str = "",
@@ -391,26 +440,33 @@ _FRAMES_HTML = """<div class="fgsm-frames" style="font-size:0.85rem">
 })();</script>"""
 
 
-def roc_panels(panels: dict, *, title: str = "", zoom: float | None = None):
+def roc_panels(panels: dict, *, title: str = "", log_fpr: bool = False):
     """ROC curves, one panel per key of ``panels``, one line per curve: ``panels`` maps a panel title
-    to {curve label: (fpr (M,), tpr (M,), auc)}; the legend shows each AUC. zoom: also draw the
-    corner fpr <= zoom, tpr >= 1 - zoom as an inset (the papers' curves hug it). Returns the figure."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 5.6), squeeze=False)
-    for ax, (panel, curves_) in zip(axes[0], panels.items()):
-        inset = ax.inset_axes([0.45, 0.1, 0.5, 0.5]) if zoom else None
-        for label, (fpr, tpr, auc) in curves_.items():
-            line, = ax.plot(fpr, tpr, label=f"{label} (AUC {auc:.3f})")
-            if inset is not None:
-                inset.plot(fpr, tpr, color=line.get_color())
-        ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
-        if inset is not None:
-            inset.set_xlim(0, zoom)
-            inset.set_ylim(1 - zoom, 1)
-            inset.tick_params(labelsize=7)
-        ax.set(xlabel="false positive rate (clean flagged)", ylabel="true positive rate (adversarial flagged)",
-               title=panel, xlim=(0, 1), ylim=(0, 1.01))
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
-    if title:
-        fig.suptitle(title)
+    to {curve label: (fpr (M,), tpr (M,), auc)}; the legend shows each AUC. log_fpr: a second row of
+    the same curves on a log false-positive axis, from 0.001, where a detector's useful operating
+    points lie (the papers' curves hug that corner). Returns the figure."""
+    import seaborn as sns
+
+    rows = 2 if log_fpr else 1
+    fig, axes = plt.subplots(rows, len(panels), figsize=(4.6 * len(panels), 3.9 * rows + 1.2), squeeze=False)
+    handles = {}
+    for column, (panel, curves_) in enumerate(panels.items()):
+        colours = dict(zip(curves_, sns.color_palette(n_colors=len(curves_))))
+        for row in range(rows):
+            ax = axes[row, column]
+            for label, (fpr, tpr, auc) in curves_.items():
+                line, = ax.plot(fpr, tpr, color=colours[label], label=f"{label} (AUC {auc:.3f})")
+                handles.setdefault(f"{panel}: {label} (AUC {auc:.3f})", line)
+            ax.plot([1e-3, 1] if row else [0, 1], [1e-3, 1] if row else [0, 1], color="grey", lw=0.8, ls=":")
+            ax.set(xlabel="false positive rate (clean flagged)" + (", log scale" if row else ""),
+                   ylabel="true positive rate (adversarial flagged)", ylim=(0, 1.01),
+                   title=panel if row == 0 else f"{panel}, low false-alarm rates")
+            if row:
+                ax.set_xscale("log")
+                ax.set_xlim(1e-3, 1)
+            else:
+                ax.set_xlim(0, 1)
+        axes[0, column].legend(fontsize=7, loc="lower right", frameon=True)
+    _title(fig, title)
     fig.tight_layout()
     return fig

@@ -249,13 +249,16 @@ def test_mean_interval_is_the_student_t_interval_over_each_group():
         metrics.mean_interval(table, "T", "w")
 
 
-def test_sweep_curves_draws_a_band_per_line():
-    table = pd.DataFrame({"T": [1, 1, 10, 10] * 2, "v": [0.1, 0.2, 0.5, 0.6, 0.2, 0.3, 0.6, 0.8],
+def test_sweep_curves_draws_each_lines_mean_and_its_seeds_wilson_envelope():
+    from nbutils.metrics import wilson_interval
+    table = pd.DataFrame({"T": [1, 1, 10, 10] * 2, "v": [0.1, 0.2, 0.5, 0.6, 0.2, 0.3, 0.6, 0.8], "n": [100] * 8,
                           "model": ["a"] * 4 + ["b"] * 4})
-    fig = plots.sweep_curves(table, x="T", y="v", hue="model", logx=True)
+    fig = plots.sweep_curves(table, x="T", y="v", total="n", hue="model", logx=True)
     ax = fig.axes[0]
     assert len(ax.lines) == 2 and len(ax.collections) == 2 and ax.get_xscale() == "log"
     assert np.allclose(ax.lines[0].get_ydata(), [0.15, 0.55])
+    band = ax.collections[0].get_paths()[0].vertices[:, 1]
+    assert np.isclose(band.min(), wilson_interval(10, 100)[0]) and band.max() <= 1  # never below 0 or above 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,7 +268,8 @@ def test_sweep_curves_draws_a_band_per_line():
 @pytest.mark.slow
 def test_a_chapter_grid_at_smoke_runs_on_two_workers_aggregates_and_resumes(client, tmp_path):
     tiny = {"profile": "smoke", "n_train": 500, "n_val": 100, "n_test": 100, "n_attack": 50, "pgd_steps": 2,
-            "cw_steps": 2, "cw_search_steps": 1, "sweep_temperatures": [1.0], "cache_dir": str(tmp_path / "cache")}
+            "n_seeds": 1, "l2_budgets": [2.0], "l2_steps": 2, "n_l2": 20, "sweep_temperatures": [1.0],
+            "cache_dir": str(tmp_path / "cache")}
     spec = sweep.parse_spec({"notebook": str(CHAPTER_3), "parameters": tiny, "grid": {"temperature": [1.0, 100.0]}})
     result = sweep.run_sweep(spec, out=tmp_path / "out", client=client, progress=False)
     assert (result.status.state == "done").all(), result.status.error.tolist()

@@ -16,10 +16,12 @@ batch_size=128, progress=False) -> adversarial images`` and a value ``get(name, 
 Attacks by module: :mod:`.fgsm` (FGSM and its one-gradient eps sweep), :mod:`.pgd` (PGD, BIM,
 iterative L2), :mod:`.minimal` (DeepFool, C&W-L2).
 """
+from .apgd import APGD, apgd
 from .base import ATTACKS, Attack, Kernel, get, register
 from .fgsm import CONVENTIONS, FGSM, SweepResult, fgsm, fgsm_step, fgsm_sweep, fgsm_with_output, pixel_eps, pixel_step
-from .losses import (LOSSES, LossFunction, attack_loss, check_loss, cross_entropy_per_image, input_gradient,
-                     loss_function, loss_gradient, margin_per_image, mse_per_image)
+from .losses import (LOSSES, LossFunction, attack_loss, check_loss, cross_entropy_per_image, dlr_per_image,
+                     dlr_targeted_per_image, input_gradient, loss_function, loss_gradient, margin_per_image,
+                     mse_per_image)
 from .minimal import CWL2, DeepFool, cw_l2, deepfool
 from .pgd import BIM, NORMS, PGD, IterativeL2, bim, iterative_l2, pgd
 
