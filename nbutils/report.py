@@ -122,14 +122,20 @@ def stack_rates(table: pd.DataFrame, rates: dict[str, str]) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
+def readable(column) -> str:
+    """A column name as a header a reader can read: words, not snake_case ("target_accuracy" ->
+    "target accuracy")."""
+    return str(column).replace("_", " ")
+
+
 def view(table: pd.DataFrame, *, intervals=(), digits: int = 2, caption: str = "", keep: Sequence[str] = (),
          formats: dict[str, str] | None = None, percent: Sequence[str] = ()):
     """``table`` as a reader should see it (a pandas Styler): no index; the columns that hold one value
     on every row moved into the caption and those with no value dropped (those in ``keep`` stay);
     floats to ``digits`` places, a missing value as a dash, counts (columns named ``n``, ``n_*``,
     ``correct`` or ``total``) without decimals; each rate in ``intervals`` shown as
-    ``rate [low, high]``; text escaped for HTML. formats: {column: format string} for columns shown
-    otherwise, e.g. ``{"eps": "{:g}"}``.
+    ``rate [low, high]``; headers as words (:func:`readable`); text escaped for HTML. formats: {column:
+    format string} for columns shown otherwise, e.g. ``{"eps": "{:g}"}``.
 
     intervals: column names whose bounds are ``<name>_low`` and ``<name>_high``, or a mapping
     {column: (low column, high column)}; the bound columns are dropped from the view.
@@ -165,11 +171,13 @@ def view(table: pd.DataFrame, *, intervals=(), digits: int = 2, caption: str = "
     empty = [] if shown.empty else [c for c in shown.columns if c not in keep and shown[c].isna().all()]
     constant = [c for c in shown.columns if len(shown) > 1 and c not in [*keep, *empty] and shown[c].nunique() == 1
                 and shown[c].notna().all()]
-    title = "; ".join(([caption] if caption else []) + [f"{c}: {text(c, shown[c].iloc[0])}" for c in constant])
+    title = "; ".join(([caption] if caption else []) + [f"{readable(c)}: {text(c, shown[c].iloc[0])}" for c in constant])
     shown = shown.drop(columns=constant + empty)
     counts = {c: "{:.0f}" for c in shown.columns if str(c) in ("n", "correct", "total") or str(c).startswith("n_")}
-    styler = shown.style.hide(axis="index").format(counts | {c: f for c, f in formats.items() if c in shown.columns},
-                                                  precision=digits, na_rep="–", escape="html")
+    chosen = counts | {c: f for c, f in formats.items() if c in shown.columns}
+    shown = shown.rename(columns=readable)
+    styler = shown.style.hide(axis="index").format({readable(c): f for c, f in chosen.items()}, precision=digits,
+                                                  na_rep="–", escape="html")
     styler.set_uuid("v" + hashlib.sha1((title + shown.to_csv()).encode()).hexdigest()[:10])  # same table, same HTML
     return styler.set_table_attributes('class="dataframe"').set_caption(title)
 

@@ -201,7 +201,7 @@ def test_view_moves_constant_columns_to_the_caption_and_shows_intervals():
     table = pd.DataFrame({"model": ["m", "m"], "eps": [0.005, 0.02], "error": [20.7, 55.0], "error_low": [18.3, 51.9],
                           "error_high": [23.3, 58.1], "n_images": [1000, 1000], "gap": [float("nan")] * 2})
     page = report.view(table, intervals=["error"], digits=1, caption="Table X", formats={"eps": "{:g}"}).to_html()
-    assert re.findall(r"<caption>(.*?)</caption>", page) == ["Table X; model: m; n_images: 1000"]
+    assert re.findall(r"<caption>(.*?)</caption>", page) == ["Table X; model: m; n images: 1000"]  # headers as words
     assert [h.strip() for h in re.findall(r"<th[^>]*>([^<]*)</th>", page)] == ["eps", "error"]  # no index, no empty gap
     assert re.findall(r"<td[^>]*>([^<]*)</td>", page) == ["0.005", "20.7 [18.3, 23.3]", "0.02", "55.0 [51.9, 58.1]"]
     assert page == report.view(table, intervals=["error"], digits=1, caption="Table X",

@@ -20,8 +20,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKER = (Path(__file__).parent / "site" / "check_page.js").read_text()
-FAULTS = ("broken_images", "uncaptioned_figures", "too_wide", "unrendered_maths", "errors")
-WINDOW = "1400,1000"  # a laptop screen: the sidebar and the content column both shown
+FAULTS = ("broken_images", "uncaptioned_figures", "too_wide", "unrendered_maths", "misshapen_images", "stderr_blocks",
+          "uncaptioned_tables", "errors")
+#: A laptop screen (the sidebar and the content column both shown) and a phone's (the column alone).
+WINDOWS = {"1280 px": "1280,1000", "400 px": "400,900"}
 
 
 def toc_pages() -> list[str]:
@@ -44,23 +46,23 @@ def built_site(tmp_path_factory) -> Path:
     return out / "_build" / "html"
 
 
-def page_faults(page: Path, profile_dir: Path) -> dict:
+def page_faults(page: Path, profile_dir: Path, window: str = WINDOWS["1280 px"]) -> dict:
     """Open ``page`` (with the checker injected) in headless Chromium; the checker's JSON report."""
     source = page.read_text()
     checked = page.with_name(f"checked-{page.name}")
     checked.write_text(source.replace("</body>", f"<script>{CHECKER}</script></body>", 1))
-    dom = dump_dom(checked.as_uri(), profile_dir)
+    dom = dump_dom(checked.as_uri(), profile_dir, window)
     checked.unlink()
     reports = re.findall(r'<pre id="site-check"[^>]*>(.*?)</pre>', dom, re.S)
     assert reports, f"no report from Chromium for {page.name}"
     return json.loads(html.unescape(reports[-1]))
 
 
-def dump_dom(url: str, profile_dir: Path) -> str:
+def dump_dom(url: str, profile_dir: Path, window: str = WINDOWS["1280 px"]) -> str:
     """The DOM of ``url`` after headless Chromium has run its scripts (20 s of virtual time)."""
     result = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                             f"--user-data-dir={profile_dir}", f"--window-size={WINDOW}",
+                             f"--user-data-dir={profile_dir}", f"--window-size={window}",
                              "--virtual-time-budget=20000", "--dump-dom", url],
                             capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -86,25 +88,33 @@ def test_book_builds_offline_without_warnings(built_site):
 
 
 def test_the_checker_finds_each_kind_of_fault(browser, tmp_path):
-    # a page with one of each fault, laid out like the theme's: the checker must name all four
+    # a page with one of each fault, laid out like the theme's: the checker must name every kind
+    gif = "data:image/gif;base64,R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7"
     page = tmp_path / "faulty.html"
-    page.write_text("""<html><body><article class="bd-article" style="width: 600px">
+    page.write_text(f"""<html><body><article class="bd-article" style="width: 600px">
       <div class="cell_output"><img src="missing.png" alt=""></div>
-      <figure><img src="data:image/gif;base64,R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7" alt=""></figure>
+      <figure><img src="{gif}" alt=""></figure>
+      <figure><img src="{gif}" style="width: 200px; height: 50px" alt=""><figcaption>squashed</figcaption></figure>
       <table style="width: 900px"><tr><td>wide</td></tr></table>
+      <div style="overflow-x: auto"><table style="width: 900px"><tr><td>scrolls, not a fault</td></tr></table></div>
+      <div class="cell_output"><table><tr><td>no caption</td></tr></table></div>
+      <div class="output stderr"><pre>UserWarning: something</pre></div>
       <p>raw $$x^2$$ maths</p><span class="math">\\(y\\)</span>
     </article></body></html>""")
     faults = page_faults(page, tmp_path / "chromium")
     assert len(faults["broken_images"]) == 1
     assert len(faults["uncaptioned_figures"]) == 2  # the output image outside a figure, the figure without a caption
-    assert any(f.startswith("table") for f in faults["too_wide"])
+    assert len(faults["too_wide"]) == 1 and faults["too_wide"][0].startswith("table")  # the scrolling one is fine
+    assert len(faults["misshapen_images"]) == 1 and "4.00, not 1.00" in faults["misshapen_images"][0]
+    assert len(faults["uncaptioned_tables"]) == 1 and len(faults["stderr_blocks"]) >= 1
     assert len(faults["unrendered_maths"]) == 2  # the .math span MathJax never saw, the raw $$
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("width", WINDOWS)
 @pytest.mark.parametrize("page", toc_pages())
-def test_every_page_renders_for_a_reader(browser, built_site, page, tmp_path):
-    faults = page_faults(built_site / f"{page}.html", tmp_path / "chromium")
+def test_every_page_renders_for_a_reader(browser, built_site, page, width, tmp_path):
+    faults = page_faults(built_site / f"{page}.html", tmp_path / "chromium", WINDOWS[width])
     assert {kind: faults[kind] for kind in FAULTS if faults[kind]} == {}
     if page.startswith("book/0"):  # a chapter: its output figures were found, numbered and captioned
         assert faults["n_figures"] > 0

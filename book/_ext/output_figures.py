@@ -59,6 +59,26 @@ class OutputFigures(SphinxTransform):
                 figure += _caption(captions[k % len(captions)])
 
 
+class OutputTables(SphinxTransform):
+    """Number the captioned HTML tables of a page's cell outputs (``report.view`` gives each a
+    caption): "Table k: ..." in page order, as figures are numbered."""
+
+    default_priority = 201
+
+    def apply(self, **kwargs) -> None:
+        number = 0
+        for raw in list(self.document.findall(nodes.raw)):
+            if raw.get("format") != "html" or "<caption>" not in raw.astext():
+                continue
+            parts = raw.astext().split("<caption>")
+            for k in range(1, len(parts)):
+                number += 1
+                parts[k] = f'<span class="table-number">Table {number}:</span> ' + parts[k]
+            html = "<caption>".join(parts)
+            raw.replace_self(nodes.raw(html, html, format="html"))
+
+
 def setup(app: Sphinx) -> dict:
     app.add_transform(OutputFigures)
+    app.add_transform(OutputTables)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -24,6 +24,7 @@ from .losses import (LOSSES, LossFunction, attack_loss, check_loss, cross_entrop
                      mse_per_image)
 from .minimal import CWL2, DeepFool, cw_l2, deepfool
 from .pgd import BIM, NORMS, PGD, IterativeL2, bim, iterative_l2, pgd
+from .square import Square, square
 
 __all__ = ["ATTACKS", "Attack", "BIM", "CONVENTIONS", "CWL2", "DeepFool", "FGSM", "IterativeL2", "Kernel", "LOSSES",
            "LossFunction", "NORMS", "PGD", "SweepResult", "attack_loss", "bim", "check_loss", "cross_entropy_per_image",

@@ -26,16 +26,48 @@
     return faults;
   }
 
+  // the nearest ancestor (inside the article) that scrolls sideways: content past the column is reachable there
+  function scroller(el, article) {
+    for (let node = el.parentElement; node && node !== article; node = node.parentElement) {
+      const overflow = getComputedStyle(node).overflowX;
+      if (overflow === "auto" || overflow === "scroll") return node;
+    }
+    return null;
+  }
+
   function tooWide() {
     const article = column();
     if (!article) return ["no article.bd-article on the page"];
     const right = article.getBoundingClientRect().right + 1;
     const faults = [];
     for (const el of article.querySelectorAll("img, table, svg, mjx-container, pre, iframe, video, canvas, .output")) {
-      const box = el.getBoundingClientRect();
+      const box = (scroller(el, article) || el).getBoundingClientRect();
       if (box.width > 0 && box.right > right) faults.push(`${describe(el)} ends ${Math.round(box.right - right)} px past the column`);
     }
     return faults;
+  }
+
+  // an output image drawn at another shape than its own (a fixed height kept while the width shrank)
+  function misshapenImages() {
+    const faults = [];
+    for (const img of document.querySelectorAll("article.bd-article .cell_output img, article.bd-article figure img")) {
+      const box = img.getBoundingClientRect();
+      if (!img.naturalWidth || !img.naturalHeight || !box.width || !box.height) continue;
+      const drawn = box.width / box.height, natural = img.naturalWidth / img.naturalHeight;
+      if (Math.abs(drawn / natural - 1) > 0.02) faults.push(`${describe(img)} drawn at ${drawn.toFixed(2)}, not ${natural.toFixed(2)}`);
+    }
+    return faults;
+  }
+
+  // warnings and progress bars a page shows as a red stderr block
+  function stderrBlocks() {
+    return [...document.querySelectorAll("article.bd-article .output.stderr, article.bd-article .stderr")]
+      .map((el) => `${describe(el)}: ${text(el).slice(0, 80)}`);
+  }
+
+  function uncaptionedTables() {
+    return [...document.querySelectorAll("article.bd-article .cell_output table")]
+      .filter((table) => !text(table.querySelector("caption"))).map(describe);
   }
 
   function unrenderedMaths() {
@@ -55,7 +87,8 @@
 
   function report(extra) {
     const result = { broken_images: brokenImages(), uncaptioned_figures: uncaptionedFigures(),
-                     too_wide: tooWide(), unrendered_maths: unrenderedMaths(), errors: extra || [],
+                     too_wide: tooWide(), unrendered_maths: unrenderedMaths(), misshapen_images: misshapenImages(),
+                     stderr_blocks: stderrBlocks(), uncaptioned_tables: uncaptionedTables(), errors: extra || [],
                      n_images: document.images.length, n_figures: document.querySelectorAll("article figure.output-figure").length,
                      n_maths: document.querySelectorAll("article .math").length };
     const pre = document.createElement("pre");
