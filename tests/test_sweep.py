@@ -293,7 +293,7 @@ def test_the_sweeps_page_runs_under_nbval_at_smoke_and_gathers_both_sweeps(tmp_p
     assert result.returncode == 0, result.stdout[-6000:]
     produced = tmp_path / "results" / "smoke" / "sweeps"
     masking = pd.read_csv(produced / "masking_over_seeds.csv")
-    assert sorted(masking.temperature.unique()) == [1.0, 100.0] and (masking.n == 2).all()
+    assert sorted(masking.temperature.unique()) == [1.0, 100.0] and (masking.n_seeds == 2).all()
     assert (pd.read_csv(produced / "runs_03.csv").state == "done").all()
     eps_grid = pd.read_csv(produced / "fgsm_eps_grid.csv")
     assert sorted(eps_grid.eps.unique()) == [0.01, 0.05] and set(eps_grid.convention) == {"pixel", "normalised"}

@@ -17,7 +17,8 @@ def agree(cfg) -> None:
 
 PAGE = Page(
     "04_mixed_batch_training",
-    profiles={"paper": "full MNIST, the posts' schedules", "smoke": "a minute on 2 CPU cores"},
+    profiles={"paper": "full MNIST, the posts' schedules, 3 seeds", "cpu": "the paper's settings with 2 seeds",
+              "smoke": "a minute on 2 CPU cores"},
     parameters=[
         param("n_train", int, "training images, the first n of the 60,000 (posts: all)", 60_000, Rule(1, 60_000),
               smoke=2_000),
@@ -49,13 +50,14 @@ PAGE = Page(
               100, COUNT, smoke=5),
         param("check_restarts", int, "its random restarts", 3, COUNT, smoke=1),
         param("n_seeds", int, "training seeds of Table I and the curves: seed, seed + 1, ... (each trains every model)",
-              3, COUNT, smoke=2),
+              3, COUNT, cpu=2, smoke=2),
         param("figure_images", int, "adversarial test images shown in Fig. 8", 10, COUNT),
         param("eval_batch_size", int, "images per batch when testing and attacking", 1000, COUNT, smoke=500),
         *run_parameters("04_mixed_batch_training", seed="seeds the initialisation, shuffles, the fine-tuning subset and "
-                                                        "PGD's starts", cache="models", smoke="cpu"),
+                                                        "PGD's starts", cache="models", cpu="cpu", smoke="cpu"),
     ],
     agree=agree,
     cache="models",
-    expected={("paper", "cpu"): "about 20 min on 2 CPU cores", ("smoke", "cpu"): "about a minute on 2 CPU cores"},
+    expected={("paper", "cuda"): "minutes on a GPU", ("paper", "cpu"): "about 80 min on 2 CPU cores",
+              ("cpu", "cpu"): "about 50 min on 2 CPU cores", ("smoke", "cpu"): "about a minute on 2 CPU cores"},
 )
