@@ -66,7 +66,7 @@ def topk_bars(ax, probs: Sequence[float], names: Sequence[str], true_name: str |
     probs = [float(p) for p in probs]
     colours = ["tab:green" if n == true_name else "tab:blue" for n in names]
     ax.barh(range(len(probs)), probs, color=colours)
-    ax.set_yticks(range(len(probs)), [f"{n} ({p:.4f})" for n, p in zip(names, probs)])
+    ax.set_yticks(range(len(probs)), [f"{n} ({p:.4f})" for n, p in zip(names, probs)], fontsize=10)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.set_xlabel("confidence")
@@ -81,7 +81,8 @@ def prediction_grid(images: torch.Tensor, probs: torch.Tensor, indices: torch.Te
     """
     n = images.shape[0]
     panels = 2 if originals is None else 4
-    fig, axes = plt.subplots(n, panels, figsize=(3.2 * panels + 1.5, 2.4 * n), squeeze=False,
+    # about the content column's width at one pixel per point, so the labels are drawn at their size
+    fig, axes = plt.subplots(n, panels, figsize=(2.4 * panels + 1.6, 2.2 * n), squeeze=False,
                              gridspec_kw={"width_ratios": [1] * (panels - 1) + [1.6]})
     fig.photographic = True  # shown at one pixel per point (see sharp_inline_figures)
     for row in range(n):
@@ -92,7 +93,7 @@ def prediction_grid(images: torch.Tensor, probs: torch.Tensor, indices: torch.Te
             (images[row], "adversarial")]
         for col, (picture, caption) in enumerate(pictures):
             axes[row, col].imshow(to_hwc(picture), cmap="gray")
-            axes[row, col].set_title(caption, fontsize=9)
+            axes[row, col].set_title(caption, fontsize=10)
             axes[row, col].axis("off")
         topk_bars(axes[row, -1], probs[row].tolist(), [class_names[int(i)] for i in indices[row]], true_name)
     if title:

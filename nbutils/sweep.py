@@ -370,14 +370,15 @@ def _lost_worker_status(err: BaseException) -> dict:
 
 def run_sweep(spec: SweepSpec | str | os.PathLike, *, out: str | os.PathLike | None = None,
               scheduler: str | None = None, workers: int | None = None, client=None,
-              progress: bool = True) -> SweepResult:
+              progress: bool = True, show_dashboard: bool = False) -> SweepResult:
     """Run every incomplete run of ``spec`` on Dask, then aggregate all complete runs' tables.
 
     spec: a :class:`SweepSpec` or the path of a YAML spec. out: the sweep's folder (default
     ``$NBUTILS_CACHE/sweeps/<spec name>``, else ``runs/sweeps/<spec name>`` in the checkout). scheduler: a Dask scheduler's address; None starts
     a :func:`local_cluster` of ``workers`` workers (``client``: use this Dask client instead). A
     failed run is recorded in ``sweep.json`` and the status with its error; the others go on.
-    Returns a :class:`SweepResult`.
+    show_dashboard: print the Dask dashboard's address (the command line does; a page should not
+    publish a machine's address). Returns a :class:`SweepResult`.
     """
     from distributed import as_completed
 
@@ -398,7 +399,7 @@ def run_sweep(spec: SweepSpec | str | os.PathLike, *, out: str | os.PathLike | N
     _write_sweep_json(out, spec, rows())
     if todo:
         with (nullcontext(client) if client is not None else connect(scheduler, workers)) as active:
-            if getattr(active, "dashboard_link", None):
+            if show_dashboard and getattr(active, "dashboard_link", None):
                 print(f"Dask dashboard: {active.dashboard_link}")
             futures = {active.submit(execute_run, str(run.notebook), run.parameters, str(f), pure=False): run
                        for run, f in todo}
@@ -504,7 +505,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result = run_sweep(args.spec, out=args.out, scheduler=args.scheduler, workers=args.workers,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, show_dashboard=True)
     except (ValueError, TypeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

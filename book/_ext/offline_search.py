@@ -33,12 +33,12 @@ if (location.protocol === "file:") {
 
 def main_content(html: str) -> str:
     """The page's article (the theme's ``article.bd-article``, else ``[role=main]``) as HTML, without
-    scripts, styles, images or code cells' inputs."""
+    scripts, styles, images, code cells' inputs or headings' "#" links."""
     soup = BeautifulSoup(html, "html.parser")
     main = soup.select_one("article.bd-article") or soup.select_one('[role="main"]')
     if main is None:
         return ""
-    for element in main.select("script, style, img, svg, .cell_input"):
+    for element in main.select("script, style, img, svg, .cell_input, a.headerlink"):
         element.decompose()
     return main.decode_contents()
 
