@@ -240,7 +240,7 @@ if __name__ == "__main__":
 # What reproduced: one row per chapter, read from the committed results
 
 #: The profiles whose committed results speak for a chapter, the largest first.
-PROFILE_PREFERENCE = ("paper", "offline", "reduced", "offline-cpu")
+PROFILE_PREFERENCE = ("paper", "offline", "cpu", "reduced", "offline-cpu")
 
 
 def _committed(results_root: Path, chapter: str, table: str) -> tuple[pd.DataFrame, str] | None:

@@ -428,7 +428,8 @@ def test_charts_are_drawn_at_twice_the_pixels_and_photographs_at_one():
     assert _pngxy(data)[0] // 2 == size["width"] > 150 and _pngxy(data)[1] // 2 == size["height"]  # twice the pixels
     photo.photographic = True
     plain = formatter.lookup_by_type(Figure)(photo)
-    assert isinstance(plain, bytes) and _pngxy(plain)[0] == size["width"]  # one pixel per point
+    # one pixel per point: the tight bounding box may round a pixel either way, twice the pixels is ~2x off
+    assert isinstance(plain, bytes) and abs(_pngxy(plain)[0] - size["width"]) <= 1
     plt.close("all")
     InteractiveShell.clear_instance()  # later tests run outside IPython again
 

@@ -248,3 +248,29 @@ def test_view_shows_fractions_as_percent_bounds_included_and_leaves_the_table_al
     assert table["top1"].tolist() == [0.5, 0.125]
     with pytest.raises(ValueError, match="top5"):
         report.view(table, percent=["top5"])
+
+
+def test_reproduction_summary_reads_the_largest_committed_profile_and_judges_by_the_interval(tmp_path):
+    def write(profile, chapter, table, frame):
+        folder = tmp_path / profile / chapter
+        folder.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(folder / f"{table}.csv", index=False)
+
+    mixed = dict(model=["mixed", "normal"], images=["adversarial, stale (posts)"] * 2)
+    write("smoke", "04_mixed_batch_training", "table_1_paper_vs_run", pd.DataFrame(
+        {**mixed, "accuracy (paper)": [0.9, 0.1], "accuracy (run)": [0.5, 0.1], "accuracy_low": [0.4, 0.0],
+         "accuracy_high": [0.6, 0.2]}))
+    assert report.reproduction_summary(tmp_path).set_index("chapter").loc["4. Mixed batches", "verdict"] == "not run yet"
+    write("cpu", "04_mixed_batch_training", "table_1_paper_vs_run", pd.DataFrame(
+        {**mixed, "accuracy (paper)": [0.9, 0.1], "accuracy (run)": [0.5, 0.1], "accuracy_low": [0.4, 0.0],
+         "accuracy_high": [0.6, 0.2]}))
+    write("paper", "04_mixed_batch_training", "table_1_paper_vs_run", pd.DataFrame(
+        {**mixed, "accuracy (paper)": [0.9, 0.1], "accuracy (run)": [0.88, 0.1], "accuracy_low": [0.85, 0.0],
+         "accuracy_high": [0.91, 0.2]}))
+    summary = report.reproduction_summary(tmp_path).set_index("chapter")
+    row = summary.loc["4. Mixed batches"]
+    assert (row.profile, row.run, row.verdict) == ("paper", 0.88, "reproduced")
+    shutil.rmtree(tmp_path / "paper")
+    row = report.reproduction_summary(tmp_path).set_index("chapter").loc["4. Mixed batches"]
+    assert (row.profile, row.low, row.verdict) == ("cpu", 0.4, "not reproduced: the paper lies above")
+    assert summary.loc["1. FGSM on ImageNet", "verdict"] == "not run yet" and len(summary) == 5

@@ -26,7 +26,7 @@ PAGE = Page(
         param("datasets", list, '"mnist" and/or "fashion-mnist" (paper: both)', ["mnist", "fashion-mnist"],
               DIGIT_DATASETS),
         param("n_train", int, "training images of F, E and the detector: the first n of 60,000 (source: all)", 60_000,
-              COUNT, smoke=2_000),
+              COUNT, smoke=4_000),  # 350 a class in the mixtures' fit: full 128-d covariances well defined
         param("n_tests", int, "test images used: the first n of 10,000 (Defense-GAN: 2,000)", 2_000, Rule(2, 10_000),
               smoke=400),
         param("holdout", int, "the attacker's images, the first of those; the rest are evaluated (Defense-GAN: 150)",
