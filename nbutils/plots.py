@@ -313,16 +313,29 @@ def save_figure(fig, path: Path, dpi: int = 110) -> Path:
     return Path(path)
 
 
+def _executed_without_a_frontend() -> bool:
+    """Whether the running cell came from a kernel client that draws no widgets: nbclient (papermill,
+    nbconvert) sends its cells with ``allow_stdin=False``; JupyterLab, Notebook, Colab and VS Code allow
+    stdin. Outside a kernel (a script, the tests) this is False."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    kernel = getattr(get_ipython(), "kernel", None)
+    return kernel is not None and not getattr(kernel, "_allow_stdin", True)
+
+
 def fgsm_explorer(model, images: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str], *,
                   eps_max: float = 0.1, k: int = 5, epsilons: Sequence[float] = EXPLORER_EPSILONS):
     """Chapter 1's explorer: pick an image, move eps, switch convention; shows the original, the
     perturbation, the adversarial image and the top-k predictions. images: (N, C, H, W) in [0, 1].
 
     In Jupyter or Colab: a live ipywidgets explorer (any eps up to ``eps_max``). In a batch run
-    (``$NBUTILS_BATCH`` set: a sweep's runs, and the committed chapters): :func:`fgsm_frames`, which
-    needs neither a kernel nor the internet, over ``epsilons``; nbclient can also hang on a live
-    widget's first update there (jupyter/nbclient#312)."""
-    if os.environ.get(BATCH_ENV):
+    (``$NBUTILS_BATCH`` set: a sweep's runs, and the committed chapters; or a cell sent by nbclient,
+    which papermill, nbconvert and the tests use): :func:`fgsm_frames`, which needs neither a kernel
+    nor the internet, over ``epsilons``; nbclient can hang on a live widget's first update
+    (jupyter/nbclient#312)."""
+    if os.environ.get(BATCH_ENV) or _executed_without_a_frontend():
         from IPython.display import HTML
         return HTML(fgsm_frames(model, images, labels, class_names, epsilons=epsilons, k=k))
     import ipywidgets as widgets

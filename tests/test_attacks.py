@@ -289,6 +289,24 @@ def test_the_fgsm_explorer_draws_without_error():
         widget.f(1, 0.05, convention)  # the callback the sliders call; an error here is invisible in the page
 
 
+def test_a_cell_sent_by_nbclient_gets_the_static_explorer_and_one_from_jupyterlab_the_widget(monkeypatch):
+    # papermill's client sends cells with allow_stdin=False and can hang on a live widget (jupyter/nbclient#312)
+    import types
+
+    import IPython
+    from IPython.display import HTML
+
+    from nbutils.files import BATCH_ENV
+    from nbutils.plots import fgsm_explorer
+    monkeypatch.delenv(BATCH_ENV, raising=False)
+    x, y = images_and_labels(50, 1)
+    for allow_stdin, expected in ((False, HTML), (True, None)):
+        shell = types.SimpleNamespace(kernel=types.SimpleNamespace(_allow_stdin=allow_stdin))
+        monkeypatch.setattr(IPython, "get_ipython", lambda: shell)
+        shown = fgsm_explorer(MODEL, x, y, [str(i) for i in range(10)], epsilons=(0.0, 0.05), k=3)
+        assert isinstance(shown, HTML) if expected is HTML else hasattr(shown, "children")  # a live ipywidgets box
+
+
 def test_a_batch_run_shows_the_static_explorer_whose_frames_are_the_attacks_results(monkeypatch):
     import json
     import re
