@@ -25,7 +25,8 @@ def agree(cfg) -> None:
 PAGE = Page(
     "02_adversarial_patch",
     profiles={"paper": "the paper's three models, needs their weights", "offline": "the stand-in, 1000 images; a GPU",
-              "offline-cpu": "reduced", "smoke": "about a minute on 2 CPU cores"},
+              "offline-cpu": "the stand-in, 400 images, 2 targets, 4 epochs: about an hour on 2 CPU cores",
+              "smoke": "about a minute on 2 CPU cores"},
     parameters=[
         param("models", list, "ImageNet model names (nbutils.models.IMAGENET_MODELS)",
               ["resnet101", "alexnet", "regnet_y_400mf"], IMAGENET_MODEL_NAMES,
@@ -37,12 +38,12 @@ PAGE = Page(
                                       "(the stand-in)", "regnet_y_400mf", PAPER_MODEL_NAME),
         param("dataset", str, '"tiny-imagenet" (the paper\'s 5000 images) | "imagenet-sample" (offline mirror, 1000)',
               "tiny-imagenet", IMAGENET_SUBSET, **{p: "imagenet-sample" for p in ("offline", "offline-cpu", "smoke")}),
-        param("n_images", int, "first n images of the dataset (0: all)", 0, Rule(low=0), **{"offline-cpu": 200}, smoke=24),
+        param("n_images", int, "first n images of the dataset (0: all)", 0, Rule(low=0), **{"offline-cpu": 400}, smoke=24),
         param("targets", list, "patch target class names (paper: 5)", TARGETS, IMAGENET_CLASS,
-              smoke=["piggy bank", "toaster"]),
+              **{p: ["piggy bank", "toaster"] for p in ("offline-cpu", "smoke")}),
         param("sizes", list, "patch sizes in pixels (paper: 32, 48, 64)", [32, 48, 64], Rule(1, 224, element=int),
               smoke=[32, 64]),
-        param("epochs", int, "training epochs per patch (tutorial: 5)", 5, COUNT, **{"offline-cpu": 2}, smoke=1),
+        param("epochs", int, "training epochs per patch (tutorial: 5)", 5, COUNT, **{"offline-cpu": 4}, smoke=1),
         param("batch_size", int, "training batch (tutorial: 32)", 32, COUNT, smoke=8),
         param("lr", float, "SGD learning rate (tutorial: 0.1)", 0.1, Rule(0.0, open_low=True)),
         param("momentum", float, "SGD momentum (tutorial: 0.8)", 0.8, Rule(0.0, 1.0, open_high=True)),
@@ -64,5 +65,6 @@ PAGE = Page(
     agree=agree,
     cache="patches",
     expected={("offline", "cuda"): "about 5 min on an H100", ("offline", "cpu"): "hours on 2 CPU cores: use offline-cpu",
+              ("offline-cpu", "cpu"): "about an hour on 2 CPU cores",
               ("smoke", "cpu"): "about a minute on 2 CPU cores"},
 )
