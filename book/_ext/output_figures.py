@@ -10,6 +10,9 @@ beside the code, so they survive a papermill re-run, and a re-run changes no cod
 """
 from __future__ import annotations
 
+import re
+from html import escape
+
 from docutils import nodes
 from sphinx.application import Sphinx
 from sphinx.transforms import SphinxTransform
@@ -59,13 +62,39 @@ class OutputFigures(SphinxTransform):
                 figure += _caption(captions[k % len(captions)])
 
 
+def _caption_tables(html: str, captions: list[str], first: int) -> tuple[str, int]:
+    """Give each ``<table>`` of ``html`` that has no caption the next of ``captions`` (cyclically,
+    from index ``first``); returns the new HTML and the next index."""
+    parts = re.split(r"(<table\b[^>]*>)", html)
+    for k in range(1, len(parts), 2):
+        if not parts[k + 1].lstrip().startswith("<caption"):
+            parts[k] += f"<caption>{escape(captions[first % len(captions)])}</caption>"
+            first += 1
+    return "".join(parts), first
+
+
 class OutputTables(SphinxTransform):
     """Number the captioned HTML tables of a page's cell outputs (``report.view`` gives each a
-    caption): "Table k: ..." in page order, as figures are numbered."""
+    caption): "Table k: ..." in page order, as figures are numbered. A plain table a cell displays
+    (a DataFrame shown as it is) takes its caption from the cell's metadata, ``"table_captions":
+    ["...", ...]``, as images take theirs from ``captions``."""
 
     default_priority = 201
 
     def apply(self, **kwargs) -> None:
+        for cell in list(self.document.findall(nodes.container)):
+            captions = (cell.get("cell_metadata") or {}).get("table_captions") if cell.get("nb_element") == "cell_code" else None
+            if captions is None:
+                continue
+            if not (isinstance(captions, list) and captions and all(isinstance(c, str) for c in captions)):
+                logger.warning(f"cell {cell.get('cell_index')}: 'table_captions' must be a list of strings, "
+                               f"got {captions!r}", location=cell)
+                continue
+            first = 0
+            for raw in list(cell.findall(nodes.raw)):
+                if raw.get("format") == "html" and "<table" in raw.astext():
+                    html, first = _caption_tables(raw.astext(), captions, first)
+                    raw.replace_self(nodes.raw(html, html, format="html"))
         number = 0
         for raw in list(self.document.findall(nodes.raw)):
             if raw.get("format") != "html" or "<caption>" not in raw.astext():
