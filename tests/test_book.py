@@ -18,10 +18,16 @@ both). The same tables, columns and rows always; the values by what can move the
   slightly different path, like another seed: a rate (a fraction with a 95 % interval in the table)
   may move by sqrt(2) times its interval's half-width, the 95 % bound of the difference of two such
   independent estimates (one half-width alone fails about one re-run in six); the lowest and
-  highest of a rate over seeds (``accuracy_min``, ``accuracy_max``) move as the rate does; a fraction
+  highest of a rate over seeds (``accuracy_min``, ``accuracy_max``) move as the rate does; a rate
+  at a threshold the run calibrates on its own data (a detector's ``detection_...``,
+  ``false_alarm_...`` and ``evaded_...`` at ID-95/99 or a held-out point) moves with its threshold
+  as well, within twice that; a fraction
   with a count of images in the table but no interval, by the same Wilson half-width plus two
   images; any other float (a loss, a distance, a log-likelihood, a training accuracy) by 10 % plus
   1e-3;
+* a statistic one run cannot compute (NaN: an AUC over fewer than two successful attacks) where the
+  other's says nothing either (taken over fewer than five outcomes, or with a 95 % interval wider
+  than half of [0, 1]) passes; against an informative number, it fails;
 * timing columns (``seconds``) are not compared.
 
 What the tolerances still catch is tested on a real pipeline
@@ -52,6 +58,12 @@ UNTRAINED = ("01_fgsm_imagenet",)
 OUTCOME_COUNTS = ("correct", "n_successful", "n_unflipped", "zero_count")
 #: Columns that hold the number of images (or trials) a row's rates are taken over, in order of preference.
 DENOMINATORS = ("n_images", "total", "n_trials", "n")
+#: The outcome count each statistic over a subset of the images is taken over.
+SUBSET_COUNTS = {"auc_successful": "n_successful", "auc_unflipped": "n_unflipped"}
+#: Fewer outcomes than this make a statistic over them uninformative (DeLong's interval included).
+FEW_OUTCOMES = 5
+#: Rates at a threshold calibrated on the run's own data (prefixes): they move with the threshold too.
+THRESHOLD_RATES = ("detection_", "false_alarm_", "evaded_")
 
 
 def run(args, env=None, **kwargs):
@@ -101,12 +113,26 @@ def _tolerances(column: str, golden: pd.DataFrame, trained: bool) -> np.ndarray 
         return 1e-3 + 1e-4 * np.abs(values)
     rate = column.removesuffix("_low").removesuffix("_high").removesuffix("_min").removesuffix("_max")
     if f"{rate}_low" in golden.columns and f"{rate}_high" in golden.columns:
-        return np.sqrt(2) * (golden[f"{rate}_high"] - golden[f"{rate}_low"]).abs().to_numpy() / 2 + 1e-9
+        widths = np.sqrt(2) * (golden[f"{rate}_high"] - golden[f"{rate}_low"]).abs().to_numpy() / 2 + 1e-9
+        return 2 * widths if column.startswith(THRESHOLD_RATES) else widths
     n = _denominator(golden)
     if n is not None and np.nanmin(values, initial=0) >= 0 and np.nanmax(values, initial=0) <= 1:
         p = np.nan_to_num(values)
         return 1.96 * np.sqrt(p * (1 - p) / n.to_numpy() + 1 / (4 * n.to_numpy() ** 2)) + 2 / n.to_numpy()
     return 0.1 * np.abs(values) + 1e-3
+
+
+def _uninformative(column: str, expected: pd.DataFrame, actual: pd.DataFrame) -> np.ndarray:
+    """Rows where ``column``'s statistic says nothing in either run: taken over fewer than
+    ``FEW_OUTCOMES`` outcomes, or with a 95 % interval wider than half of [0, 1]."""
+    rate = column.removesuffix("_low").removesuffix("_high")
+    few = np.zeros(len(expected), dtype=bool)
+    if SUBSET_COUNTS.get(rate) in expected.columns:
+        few = np.fmin(*(t[SUBSET_COUNTS[rate]].astype(float).to_numpy() for t in (expected, actual))) < FEW_OUTCOMES
+    if f"{rate}_low" not in expected.columns or f"{rate}_high" not in expected.columns:
+        return few
+    spans = [(t[f"{rate}_high"] - t[f"{rate}_low"]).astype(float).to_numpy() for t in (expected, actual)]
+    return few | (np.fmax(spans[0], spans[1]) > 0.5)
 
 
 def table_differences(expected: pd.DataFrame, actual: pd.DataFrame, *, trained: bool = True) -> list[str]:
@@ -126,6 +152,7 @@ def table_differences(expected: pd.DataFrame, actual: pd.DataFrame, *, trained: 
             a, b = want.astype(float).to_numpy(), got.astype(float).to_numpy()
             tolerance = np.nan_to_num(tolerance, nan=0.0)  # a row without the numbers a tolerance needs: exact
             same = (np.abs(a - b) <= tolerance) | (np.isnan(a) & np.isnan(b))
+            same |= (np.isnan(a) ^ np.isnan(b)) & _uninformative(column, expected, actual)
         else:
             same = (want.astype(str) == got.astype(str)).to_numpy()
         if not same.all():
@@ -154,6 +181,17 @@ def test_a_trained_rate_may_move_within_its_interval_and_not_beyond():
     assert table_differences(golden, golden.assign(accuracy=[0.65]))
     assert table_differences(golden, golden.assign(n_images=[101]))          # a count of images: exact
     assert table_differences(golden, golden.assign(correct=[70]))            # 20 of 100 is no rounding
+    detected = pd.DataFrame({"detection_0.95": [0.5], "detection_0.95_low": [0.4], "detection_0.95_high": [0.6],
+                             "auc_successful": [0.55], "auc_successful_low": [0.02], "auc_successful_high": [1.0]})
+    assert table_differences(detected, detected.assign(**{"detection_0.95": [0.63]})) == []  # its threshold moved
+    assert table_differences(detected, detected.assign(**{"detection_0.95": [0.8]}))
+    assert table_differences(detected, detected.assign(auc_successful=[np.nan], auc_successful_low=[np.nan],
+                                                       auc_successful_high=[np.nan])) == []  # 1 success, not 2
+    informative = detected.assign(auc_successful_low=[0.5], auc_successful_high=[0.6])
+    assert table_differences(informative, informative.assign(auc_successful=[np.nan]))
+    two = informative.assign(n_successful=[2])                                  # over 2 successes: says nothing
+    assert table_differences(two, two.assign(auc_successful=[np.nan], n_successful=[1])) == []
+    assert table_differences(two.assign(n_successful=[40]), two.assign(auc_successful=[np.nan], n_successful=[40]))
     over_seeds = golden.assign(accuracy_min=[0.45], accuracy_max=[0.55])       # a rate's extremes over seeds
     assert table_differences(over_seeds, over_seeds.assign(accuracy_min=[0.5])) == []
     assert table_differences(over_seeds, over_seeds.assign(accuracy_max=[0.7]))
