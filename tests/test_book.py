@@ -98,6 +98,14 @@ def _denominator(table: pd.DataFrame):
     return next((table[c].astype(float) for c in DENOMINATORS if c in table.columns), None)
 
 
+def _rate_of(column: str) -> str:
+    """The rate a column belongs to: itself, or the rate it bounds (``_low``, ``_high``) or ranges
+    over seeds (``_min``, ``_max``)."""
+    for suffix in ("_low", "_high", "_min", "_max"):
+        column = column.removesuffix(suffix)
+    return column
+
+
 def _tolerances(column: str, golden: pd.DataFrame, trained: bool) -> np.ndarray | None:
     """Per-row tolerance of a float or outcome-count column (None: compare exactly); see the docstring."""
     want = golden[column]
@@ -111,7 +119,7 @@ def _tolerances(column: str, golden: pd.DataFrame, trained: bool) -> np.ndarray 
     values = want.astype(float).to_numpy()
     if not trained:
         return 1e-3 + 1e-4 * np.abs(values)
-    rate = column.removesuffix("_low").removesuffix("_high").removesuffix("_min").removesuffix("_max")
+    rate = _rate_of(column)
     if f"{rate}_low" in golden.columns and f"{rate}_high" in golden.columns:
         widths = np.sqrt(2) * (golden[f"{rate}_high"] - golden[f"{rate}_low"]).abs().to_numpy() / 2 + 1e-9
         return 2 * widths if column.startswith(THRESHOLD_RATES) else widths
@@ -125,7 +133,7 @@ def _tolerances(column: str, golden: pd.DataFrame, trained: bool) -> np.ndarray 
 def _uninformative(column: str, expected: pd.DataFrame, actual: pd.DataFrame) -> np.ndarray:
     """Rows where ``column``'s statistic says nothing in either run: taken over fewer than
     ``FEW_OUTCOMES`` outcomes, or with a 95 % interval wider than half of [0, 1]."""
-    rate = column.removesuffix("_low").removesuffix("_high")
+    rate = _rate_of(column)
     few = np.zeros(len(expected), dtype=bool)
     if SUBSET_COUNTS.get(rate) in expected.columns:
         few = np.fmin(*(t[SUBSET_COUNTS[rate]].astype(float).to_numpy() for t in (expected, actual))) < FEW_OUTCOMES

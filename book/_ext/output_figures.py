@@ -32,6 +32,22 @@ def _caption(text: str) -> nodes.caption:
     return nodes.caption(text, text)
 
 
+def _captioned_cells(document: nodes.document, key: str):
+    """(cell, captions) for every code cell whose metadata holds ``key``: a non-empty list of
+    strings; any other value is a build warning and the cell is skipped."""
+    for cell in list(document.findall(nodes.container)):
+        if cell.get("nb_element") != "cell_code":
+            continue
+        captions = (cell.get("cell_metadata") or {}).get(key)
+        if captions is None:
+            continue
+        if not (isinstance(captions, list) and captions and all(isinstance(c, str) for c in captions)):
+            logger.warning(f"cell {cell.get('cell_index')}: {key!r} must be a list of strings, got {captions!r}",
+                           location=cell)
+            continue
+        yield cell, captions
+
+
 class OutputFigures(SphinxTransform):
     """Wrap each image output of a cell whose metadata has ``captions`` in a numbered figure."""
 
@@ -39,17 +55,8 @@ class OutputFigures(SphinxTransform):
 
     def apply(self, **kwargs) -> None:
         number = 0
-        for cell in list(self.document.findall(nodes.container)):
-            if cell.get("nb_element") != "cell_code":
-                continue
-            captions = (cell.get("cell_metadata") or {}).get("captions")
-            if captions is None:
-                continue
+        for cell, captions in _captioned_cells(self.document, "captions"):
             bundles = [node for node in cell.findall(nodes.container) if _is_image_bundle(node)]
-            if not (isinstance(captions, list) and captions and all(isinstance(c, str) for c in captions)):
-                logger.warning(f"cell {cell.get('cell_index')}: 'captions' must be a list of strings, got {captions!r}",
-                               location=cell)
-                continue
             if len(bundles) % len(captions):
                 logger.warning(f"cell {cell.get('cell_index')}: {len(bundles)} image outputs for {len(captions)} captions "
                                f"(the images must be a whole number of rounds of the captions)", location=cell)
@@ -82,14 +89,7 @@ class OutputTables(SphinxTransform):
     default_priority = 201
 
     def apply(self, **kwargs) -> None:
-        for cell in list(self.document.findall(nodes.container)):
-            captions = (cell.get("cell_metadata") or {}).get("table_captions") if cell.get("nb_element") == "cell_code" else None
-            if captions is None:
-                continue
-            if not (isinstance(captions, list) and captions and all(isinstance(c, str) for c in captions)):
-                logger.warning(f"cell {cell.get('cell_index')}: 'table_captions' must be a list of strings, "
-                               f"got {captions!r}", location=cell)
-                continue
+        for cell, captions in _captioned_cells(self.document, "table_captions"):
             first = 0
             for raw in list(cell.findall(nodes.raw)):
                 if raw.get("format") == "html" and "<table" in raw.astext():

@@ -65,9 +65,10 @@ PAGE = Page(
         param("covariance_grid", list, 'covariance types the held-out likelihood chooses from ("full", "diag", '
                                        '"spherical")', ["full", "diag", "spherical"],
               Rule(choices=_covariance_types, element=str), smoke=["full", "diag"]),
+        # smoke: at 1e-6 its 4,000 images leave near-singular full 128-d covariances, whose held-out
+        # likelihood moved by 60 nats an image between CPU kernels and flipped the chosen mixture
         param("reg_covar", float, "added to every covariance diagonal (scikit-learn's default: 1e-6)", 1e-6,
-              Rule(low=0.0), smoke=1e-4),  # smoke's 4,000 images leave near-singular full 128-d covariances at
-        # 1e-6, whose held-out likelihood moved by 60 nats an image between CPU kernels and flipped the chosen mixture
+              Rule(low=0.0), smoke=1e-4),
         param("reg_covar_grid", list, "regularisations of the density-model experiment", [1e-6, 1e-4, 1e-2, 1e-1],
               Rule(low=0.0, element=float), smoke=[1e-6, 1e-2]),
         param("pca_dims", list, "PCA dimensions of the density-model experiment", [16, 32], Rule(low=1, element=int),
