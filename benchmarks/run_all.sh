@@ -14,10 +14,10 @@ bench() {
   python3 "$@" || { echo "!! failed: $*"; failed=$((failed + 1)); }
 }
 if [[ $device == cuda ]]; then
-  mnist_size=(--n-images 10000 --batch-size 1000); mixed_size=(--n-images 30000 --repeats 2)
+  mnist_size=(--n-images 10000 --batch-size 1000); mixed_size=(--n-images 30000 --repeats 2); eval_size=(--n-images 10000 --batch-size 1000)
   imagenet_size=(--n-images 1000 --batch-size 128); sweep_size=(--n-images 512 --batch-size 64)
 else
-  mnist_size=(--n-images 1000 --batch-size 500); mixed_size=(--n-images 10000)
+  mnist_size=(--n-images 1000 --batch-size 500); mixed_size=(--n-images 10000); eval_size=(--n-images 200)
   imagenet_size=(--n-images 128 --batch-size 64); sweep_size=(--n-images 64 --batch-size 32)
 fi
 if [[ $group == mnist || $group == all ]]; then
@@ -26,6 +26,7 @@ if [[ $group == mnist || $group == all ]]; then
   bench mixed_epoch.py --device "$device" "${mixed_size[@]}"
   bench train_epoch.py --device "$device"
   bench gmm_fit.py --device "$device" --repeats 1
+  bench autoattack.py --device "$device" "${eval_size[@]}"
 fi
 if [[ $group == imagenet || $group == all ]]; then
   bench evaluation.py --device "$device" "${imagenet_size[@]}"

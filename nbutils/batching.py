@@ -51,13 +51,15 @@ def class_scores(model: nn.Module, output: torch.Tensor) -> torch.Tensor:
 @contextmanager
 def module_mode(model: nn.Module, *, training: bool):
     """Run ``model`` in train (dropout on, batch statistics) or eval mode (no dropout, running
-    BatchNorm statistics), restoring its mode afterwards."""
-    was_training = model.training
+    BatchNorm statistics), restoring afterwards the mode of every submodule as it was (a wrapper in
+    training mode around a frozen net must not leave the net in training mode)."""
+    modes = [(module, module.training) for module in model.modules()]
     model.train(training)
     try:
         yield model
     finally:
-        model.train(was_training)
+        for module, mode in modes:
+            module.training = mode
 
 
 @contextmanager

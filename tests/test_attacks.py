@@ -492,12 +492,13 @@ def test_adding_an_attack_is_one_definition_that_the_function_get_tables_and_tra
 
 def test_every_public_attack_function_is_made_from_its_definition():
     import inspect
+    required = {"eps": 0.1, "alpha": 0.1, "steps": 1, "source": MODEL, "attack": attacks.get("fgsm", eps=0.1)}
     for name, cls in attacks.ATTACKS.items():
         function = getattr(attacks, name)
         assert function is cls.function and function.__doc__ == cls.__doc__
         settings = [p for p in inspect.signature(function).parameters if p not in ("model", "images", "labels")]
-        assert set(settings) == set(cls(**{f: 0.1 for f in ("eps", "alpha") if f in settings},
-                                         **({"steps": 1} if "steps" in settings else {})).settings) | {"batch_size", "progress"}
+        given = {f: value for f, value in required.items() if f in settings}
+        assert set(settings) == set(cls(**given).settings) | {"batch_size", "progress"}
 
 
 def test_an_attack_reads_a_detector_heads_class_scores_not_its_extra_columns():

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from nbutils import attacks, checks, defences, metrics, params, patch, train
-from nbutils.batching import default_device
+from nbutils.batching import default_device, module_mode
 from nbutils.models import imagenet_model, mnist_model
 from conftest import tiny_classifier
 
@@ -116,3 +116,16 @@ def test_each_public_function_names_the_bad_argument(function):
     call, word = PUBLIC_CALLS[function]
     with pytest.raises((ValueError, TypeError), match=word):
         call()
+
+
+def test_module_mode_restores_each_submodules_own_mode():
+    """A wrapper left in training mode around a frozen net (BPDA, a detector head) must not switch the
+    net's dropout on when a check runs the wrapper in eval mode and restores it."""
+    net = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5)).eval()
+    wrapper = nn.Sequential(net)
+    assert wrapper.training and not net.training
+    with module_mode(wrapper, training=False):
+        assert not wrapper.training
+    with module_mode(wrapper, training=True):
+        assert net[1].training
+    assert wrapper.training and not net.training and not net[1].training

@@ -14,7 +14,9 @@ batch_size=128, progress=False) -> adversarial images`` and a value ``get(name, 
 * Returns the adversarial images, (N, C, H, W), on the images' device and of their dtype.
 
 Attacks by module: :mod:`.fgsm` (FGSM and its one-gradient eps sweep), :mod:`.pgd` (PGD, BIM,
-iterative L2), :mod:`.minimal` (DeepFool, C&W-L2).
+iterative L2), :mod:`.minimal` (DeepFool, C&W-L2), :mod:`.apgd` (Auto-PGD, APGD-T), :mod:`.square`
+(Square Attack, gradient-free), :mod:`.wrappers` (BPDA and EOT for defences that break or randomise
+the gradient; the transfer attack). :mod:`nbutils.evaluate` runs them as a worst-case cascade.
 """
 from .apgd import APGD, apgd
 from .base import ATTACKS, Attack, Kernel, get, register
@@ -25,9 +27,11 @@ from .losses import (LOSSES, LossFunction, attack_loss, check_loss, cross_entrop
 from .minimal import CWL2, DeepFool, cw_l2, deepfool
 from .pgd import BIM, NORMS, PGD, IterativeL2, bim, iterative_l2, pgd
 from .square import Square, square
+from .wrappers import BPDA, EOT, Transfer, bit_depth, identity, transfer
 
-__all__ = ["ATTACKS", "Attack", "BIM", "CONVENTIONS", "CWL2", "DeepFool", "FGSM", "IterativeL2", "Kernel", "LOSSES",
-           "LossFunction", "NORMS", "PGD", "SweepResult", "attack_loss", "bim", "check_loss", "cross_entropy_per_image",
-           "cw_l2", "deepfool", "fgsm", "fgsm_step", "fgsm_sweep", "fgsm_with_output", "get", "input_gradient",
-           "iterative_l2", "loss_function", "loss_gradient", "margin_per_image", "mse_per_image", "pgd", "pixel_eps",
-           "pixel_step", "register"]
+__all__ = ["APGD", "apgd", "Attack", "attack_loss", "ATTACKS", "BIM", "bim", "bit_depth", "BPDA", "check_loss",
+           "CONVENTIONS", "cross_entropy_per_image", "cw_l2", "CWL2", "DeepFool", "deepfool", "dlr_per_image",
+           "dlr_targeted_per_image", "EOT", "FGSM", "fgsm", "fgsm_step", "fgsm_sweep", "fgsm_with_output", "get",
+           "identity", "input_gradient", "iterative_l2", "IterativeL2", "Kernel", "loss_function", "loss_gradient",
+           "LOSSES", "LossFunction", "margin_per_image", "mse_per_image", "NORMS", "PGD", "pgd", "pixel_eps",
+           "pixel_step", "register", "Square", "square", "SweepResult", "Transfer", "transfer"]

@@ -4,6 +4,7 @@ within an L2 budget ``eps`` (pixel units)."""
 from __future__ import annotations
 
 from functools import partial
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -75,6 +76,8 @@ class DeepFool(Attack):
     unbounded. Untargeted only; it uses the class scores, so it has no loss. images: (N, C, H, W) in
     [0, 1]; labels: (N,). Returns the adversarial images (N, C, H, W) on the images' device.
     """
+
+    norm_of_ball: ClassVar[str] = "l2"
 
     steps: int = 50
     overshoot: float = 0.02
@@ -149,6 +152,8 @@ class CWL2(Attack):
     in [0, 1]; labels: (N,). Returns, per image, the smallest-L2 adversarial image found, or the
     original image where none was (check with a prediction).
     """
+
+    norm_of_ball: ClassVar[str] = "l2"
 
     eps: float | None = None
     targeted: bool = False
