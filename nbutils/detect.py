@@ -301,6 +301,31 @@ def evaluate_detection(detector: "GMMDetector", model: nn.Module, layer: str, cl
     return DetectionResult(row, (curve.fpr, curve.tpr, curve.auc))
 
 
+def guarded_outcomes(detector: "GMMDetector", model: nn.Module, layer: str, images: torch.Tensor,
+                     labels: torch.Tensor, *, keep: float, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+    """What ``model`` guarded by ``detector`` (fitted on its ``layer``) does with each image: (correct,
+    accepted), (N,) bool each on the CPU; accepted: the hidden state's score under the predicted
+    class at or above that class's threshold for ``keep`` (ID-95 for 0.95). A clean image is served
+    when correct and accepted; an attacked one is safe when correct or rejected (:func:`robust_guarded`)."""
+    features, logits = hidden_states(model, images, layer, batch_size=batch_size)
+    predicted = logits.argmax(1)
+    accepted = ~detector.reject(features, predicted, keep=keep)
+    return (predicted.cpu() == labels.cpu()), accepted.cpu()
+
+
+def robust_guarded(detector: "GMMDetector", model: nn.Module, layer: str, adversarial_sets, labels: torch.Tensor, *,
+                   keep: float, batch_size: int = 1000) -> torch.Tensor:
+    """The per-image worst case of a guarded model over several attacks: (N,) bool, True where every
+    adversarial set (a sequence of (N, C, H, W) tensors, pairwise with ``labels``) leaves the image
+    classified correctly or rejected by the detector: no attack got a wrong answer through."""
+    robust = torch.ones(labels.shape[0], dtype=torch.bool)
+    for adversarial in adversarial_sets:
+        correct, accepted = guarded_outcomes(detector, model, layer, adversarial, labels, keep=keep,
+                                             batch_size=batch_size)
+        robust &= correct | ~accepted
+    return robust
+
+
 # ---------------------------------------------------------------------------------------------
 # Transforms of the hidden states a detector may be fitted on
 

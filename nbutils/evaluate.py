@@ -433,3 +433,40 @@ def size_summary(sizes: pd.Series | np.ndarray, *, confidence: float = 0.95) -> 
     return {"median": float(np.median(values)), "median_low": float(values[max(lower - 1, 0)]),
             "median_high": float(values[upper]), "n": n}
 
+
+# ---------------------------------------------------------------------------------------------
+# The report card: every defence under a non-adaptive and an adaptive evaluation
+
+def failed_checks(checks: pd.DataFrame) -> str:
+    """The names of the checks that failed (a flag that did not run is not a failure), joined by ", "."""
+    failed = checks[checks["passed"].map(lambda passed: passed is not None and not pd.isna(passed) and not passed)]
+    return ", ".join(dict.fromkeys(failed["check"]))
+
+
+def card_rows(non_adaptive: pd.DataFrame, adaptive: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """The report card from per-seed results: one row per ``by`` group (e.g. dataset, defence).
+
+    non_adaptive, adaptive: one row per (group, seed) with n_images, clean_accuracy, robust_accuracy
+    (fractions) and, in ``adaptive``, failed_checks (:func:`failed_checks` of that seed's run). Returns
+    by..., n_seeds, clean, non_adaptive and adaptive (means over seeds), each with ``_low`` and
+    ``_high``: the envelope of the seeds' Wilson 95 % intervals (:func:`nbutils.metrics.seed_envelope`),
+    ``gap`` (non-adaptive minus adaptive, means), ``only_looked_robust`` (the non-adaptive envelope
+    lies wholly above the adaptive one: the non-adaptive number was the attack's failure) and
+    ``failed_checks`` (every seed's, joined)."""
+    from .metrics import seed_envelope
+
+    by = list(by)
+
+    def envelope(table: pd.DataFrame, rate: str, name: str) -> pd.DataFrame:
+        summary = seed_envelope(table, by, rate=rate, total="n_images")
+        return summary[by + ["n_seeds", rate, f"{rate}_low", f"{rate}_high"]].rename(
+            columns={rate: name, f"{rate}_low": f"{name}_low", f"{rate}_high": f"{name}_high"})
+
+    card = envelope(adaptive, "clean_accuracy", "clean")
+    card = card.merge(envelope(non_adaptive, "robust_accuracy", "non_adaptive").drop(columns="n_seeds"), on=by)
+    card = card.merge(envelope(adaptive, "robust_accuracy", "adaptive").drop(columns="n_seeds"), on=by)
+    card["gap"] = card["non_adaptive"] - card["adaptive"]
+    card["only_looked_robust"] = card["non_adaptive_low"] > card["adaptive_high"]
+    flags = adaptive.groupby(by, sort=False)["failed_checks"].agg(
+        lambda names: ", ".join(dict.fromkeys(n for joined in names for n in joined.split(", ") if n)))
+    return card.merge(flags.reset_index(), on=by)

@@ -484,3 +484,47 @@ def roc_panels(panels: dict, *, title: str = "", log_fpr: bool = False):
     _title(fig, title)
     fig.tight_layout()
     return fig
+
+
+def _dots_with_bars(data: pd.DataFrame, *, x: str, y: str, low: str, high: str, order: Sequence[str], offset: float,
+                    color=None, label=None, **_):
+    """One dot per row at (x, position of y in ``order`` + offset) with a bar from low to high."""
+    ax = plt.gca()
+    positions = data[y].map({name: i for i, name in enumerate(order)}) + offset
+    below, above = (data[x] - data[low]).clip(lower=0), (data[high] - data[x]).clip(lower=0)  # rounding: never < 0
+    ax.errorbar(data[x], positions, xerr=[below, above], fmt="o", color=color,
+                label=label, markersize=5, capsize=2, linewidth=1.2)
+
+
+def report_card(card: pd.DataFrame, *, evaluations: dict[str, str], defence: str = "defence", facet: str = "dataset",
+                title: str = ""):
+    """The report card as a figure: per ``facet`` panel, one row per defence and, per evaluation, its
+    accuracy with its interval (seaborn's FacetGrid). evaluations: {column: label}, each column a
+    fraction with ``<column>_low`` and ``<column>_high``; drawn as percentages. Returns the figure."""
+    import seaborn as sns
+
+    order = list(dict.fromkeys(card[defence]))
+    long = pd.concat([card[[facet, defence]].assign(evaluation=label, value=100 * card[column],
+                                                    low=100 * card[f"{column}_low"], high=100 * card[f"{column}_high"])
+                      for column, label in evaluations.items()], ignore_index=True)
+    labels = list(evaluations.values())
+    palette = dict(zip(labels, sns.color_palette(n_colors=len(labels))))
+    grid = sns.FacetGrid(long, col=facet, hue="evaluation", hue_order=labels, palette=palette, sharey=True,
+                         height=0.42 * len(order) + 1.4, aspect=1.15, despine=False)
+    for k, label in enumerate(labels):
+        offset = (k - (len(labels) - 1) / 2) * 0.22
+        for ax, (_, panel) in zip(grid.axes.flat, long.groupby(facet, sort=False)):
+            plt.sca(ax)
+            _dots_with_bars(panel[panel["evaluation"] == label], x="value", y=defence, low="low", high="high",
+                            order=order, offset=offset, color=palette[label], label=label)
+    for ax in grid.axes.flat:
+        ax.set_yticks(range(len(order)), order)
+        ax.set_ylim(len(order) - 0.5, -0.5)
+        ax.set_xlim(-2, 102)
+        ax.grid(axis="x", alpha=0.3)
+    grid.set_titles(template="{col_name}")
+    grid.set_axis_labels("accuracy (%)", "")
+    handles, names = grid.axes.flat[0].get_legend_handles_labels()
+    _title(grid.figure, title)
+    _legend_below(grid.figure, handles, names)
+    return grid.figure

@@ -9,7 +9,8 @@ both). The same tables, columns and rows always; the values by what can move the
 
 * text and booleans (names, classes, protocols) exactly;
 * integers exactly (sizes, counts of images, trials, epochs, seeds, positions), except counts of
-  outcomes of a trained model (``correct...``, ``n_successful``, ``n_unflipped``, ``zero_count``):
+  outcomes of a trained model (``correct...``, ``n_successful``, ``n_unflipped``, ``zero_count``, and
+  a cascade's ``n_attacked`` and ``n_broken``):
   within two binomial standard deviations plus two items;
 * chapter 1 trains nothing: its floats (errors, confidences) come from forward passes of fixed
   weights and move with the kernels by rounding, and by the sign of a near-zero gradient flipping
@@ -55,7 +56,7 @@ UNCOMPARED = ("seconds",)
 #: Chapters whose tables come from fixed weights only (no training of any kind).
 UNTRAINED = ("01_fgsm_imagenet",)
 #: Integer columns that count outcomes of a trained model (prefixes), compared within sampling noise.
-OUTCOME_COUNTS = ("correct", "n_successful", "n_unflipped", "zero_count")
+OUTCOME_COUNTS = ("correct", "n_successful", "n_unflipped", "zero_count", "n_attacked", "n_broken")
 #: Columns that hold the number of images (or trials) a row's rates are taken over, in order of preference.
 DENOMINATORS = ("n_images", "total", "n_trials", "n")
 #: The outcome count each statistic over a subset of the images is taken over.
@@ -159,7 +160,8 @@ def table_differences(expected: pd.DataFrame, actual: pd.DataFrame, *, trained: 
         if tolerance is not None:
             a, b = want.astype(float).to_numpy(), got.astype(float).to_numpy()
             tolerance = np.nan_to_num(tolerance, nan=0.0)  # a row without the numbers a tolerance needs: exact
-            same = (np.abs(a - b) <= tolerance) | (np.isnan(a) & np.isnan(b))
+            with np.errstate(invalid="ignore"):  # inf - inf: equal infinities compare as equal below
+                same = (a == b) | (np.abs(a - b) <= tolerance) | (np.isnan(a) & np.isnan(b))
             same |= (np.isnan(a) ^ np.isnan(b)) & _uninformative(column, expected, actual)
         else:
             same = (want.astype(str) == got.astype(str)).to_numpy()
