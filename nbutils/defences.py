@@ -168,20 +168,20 @@ def median_filter(x: torch.Tensor, size: int = 3) -> torch.Tensor:
     return windows.median(dim=1).values.reshape(n, c, h, w)
 
 
-#: The input transformations by name: name -> (a function of the images and one setting, the setting's name).
-TRANSFORMS: dict[str, tuple[Callable[..., torch.Tensor], str]] = {
-    "jpeg": (jpeg, "quality"), "bit_depth": (bit_depth, "bits"), "median": (median_filter, "size")}
+#: The input transformations by name: name -> (a function of the images and one setting, the setting's name,
+#: its smallest and largest value).
+TRANSFORMS: dict[str, tuple[Callable[..., torch.Tensor], str, int, int]] = {
+    "jpeg": (jpeg, "quality", 1, 100), "bit_depth": (bit_depth, "bits", 1, 8), "median": (median_filter, "size", 1, 15)}
 
 
 def transform(name: str, setting: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """The input transformation ``name`` of :data:`TRANSFORMS` at its setting (JPEG's quality in
     [1, 100], bit depth's bits in [1, 8], the median filter's odd window size)."""
-    function, setting_name = TRANSFORMS[check_choice(name, list(TRANSFORMS), "transform")]
+    function, setting_name, low, high = TRANSFORMS[check_choice(name, list(TRANSFORMS), "transform")]
     setting = check_positive_int(setting, setting_name)
-    limits = {"quality": (1, 100), "bits": (1, 8), "size": (1, 15)}[setting_name]
-    if not limits[0] <= setting <= limits[1] or (setting_name == "size" and setting % 2 == 0):
-        raise ValueError(f"{setting_name} must be {'an odd number ' if setting_name == 'size' else ''}in "
-                         f"[{limits[0]}, {limits[1]}], got {setting}")
+    odd = setting_name == "size"
+    if not low <= setting <= high or (odd and setting % 2 == 0):
+        raise ValueError(f"{setting_name} must be {'an odd number ' if odd else ''}in [{low}, {high}], got {setting}")
     return partial(function, **{setting_name: setting})
 
 

@@ -40,7 +40,7 @@ from .attacks.wrappers import Transfer
 from .batching import module_mode, progress_bar
 from .checks import (check_choice, check_epsilons, check_flag, check_fraction, check_positive_int, check_seed,
                      checked_inputs)
-from .metrics import class_logits, gradient_masking, wilson_interval
+from .metrics import class_logits, gradient_masking, seed_envelope, wilson_interval
 
 #: Share of the images by which a check may miss before its flag fails (2 points).
 TOLERANCE = 0.02
@@ -453,8 +453,6 @@ def card_rows(non_adaptive: pd.DataFrame, adaptive: pd.DataFrame, by: Sequence[s
     ``gap`` (non-adaptive minus adaptive, means), ``only_looked_robust`` (the non-adaptive envelope
     lies wholly above the adaptive one: the non-adaptive number was the attack's failure) and
     ``failed_checks`` (every seed's, joined)."""
-    from .metrics import seed_envelope
-
     by = list(by)
 
     def envelope(table: pd.DataFrame, rate: str, name: str) -> pd.DataFrame:
