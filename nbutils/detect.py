@@ -326,6 +326,49 @@ def robust_guarded(detector: "GMMDetector", model: nn.Module, layer: str, advers
     return robust
 
 
+def _guarded_row(robust: torch.Tensor, eps: float, clean_served: float) -> dict:
+    n = robust.shape[0]
+    low, high = wilson_interval(int(robust.sum()), n)
+    return {"eps": eps, "n_images": n, "clean_accuracy": clean_served, "robust_accuracy": robust.double().mean().item(),
+            "robust_accuracy_low": low, "robust_accuracy_high": high}
+
+
+def evaluate_guarded(detector: "GMMDetector", model: nn.Module, layer: str, images: torch.Tensor, labels: torch.Tensor,
+                     *, eps: float, keep: float, non_adaptive: Sequence, steps: int, weights: Sequence[float],
+                     restarts: int, seed: int, batch_size: int = 1000) -> dict[str, pd.DataFrame]:
+    """``model`` guarded by ``detector`` under both evaluations at L-inf ``eps`` (pixels), in the shape
+    of :func:`nbutils.evaluate.evaluate`'s curve: {"non_adaptive", "adaptive"} -> one-row frames with
+    eps, n_images, clean_accuracy (served: correct and accepted), robust_accuracy and its Wilson
+    interval; "adaptive" adds unconverged_share.
+
+    non_adaptive: attacks (``Attack``) run on ``model`` alone, blind to the detector. The adaptive
+    evaluation is their per-image worst case together with PGD (random start, ``restarts``) on
+    :class:`LikelihoodHead` with :func:`detection_aware_loss` at each weight, ``steps`` steps of
+    2.5 eps / steps. The same attack at 2 x steps measures convergence: unconverged_share is the
+    fraction of images that only the longer run breaks (more than a few hundredths: report it).
+    images: (N, C, H, W) in [0, 1]; labels: (N,)."""
+    from .attacks import pgd
+
+    guarded = dict(detector=detector, model=model, layer=layer, keep=keep, batch_size=batch_size)
+    correct, accepted = guarded_outcomes(images=images, labels=labels, **guarded)
+    plain = [attack.run(model, images, labels) for attack in non_adaptive]
+    head = LikelihoodHead(model, layer, detector)
+
+    def aware(n_steps: int) -> list[torch.Tensor]:
+        return [pgd(head, images, labels, eps=eps, alpha=2.5 * eps / n_steps, steps=n_steps, random_start=True,
+                    restarts=restarts, seed=seed, loss=detection_aware_loss(detector, keep=keep, weight=weight),
+                    batch_size=batch_size) for weight in weights]
+
+    at_steps = aware(steps)
+    robust_plain = robust_guarded(adversarial_sets=plain, labels=labels, **guarded)
+    robust_aware = robust_guarded(adversarial_sets=plain + at_steps, labels=labels, **guarded)
+    robust_longer = robust_aware & robust_guarded(adversarial_sets=aware(2 * steps), labels=labels, **guarded)
+    served = (correct & accepted).double().mean().item()
+    unconverged = (robust_aware & ~robust_longer).double().mean().item()
+    return {"non_adaptive": pd.DataFrame([_guarded_row(robust_plain, eps, served)]),
+            "adaptive": pd.DataFrame([_guarded_row(robust_aware, eps, served) | {"unconverged_share": unconverged}])}
+
+
 # ---------------------------------------------------------------------------------------------
 # Transforms of the hidden states a detector may be fitted on
 

@@ -90,7 +90,9 @@ def wilson_interval(successes, total, *, confidence: float = 0.95):
     p = k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    low, high = np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)  # [0, 1] up to rounding
+    # exact at the ends (0 for no successes, 1 for all), in [0, 1] up to rounding elsewhere
+    low = np.where(k == 0, 0.0, np.clip(centre - half, 0, 1))
+    high = np.where(k == n, 1.0, np.clip(centre + half, 0, 1))
     return (float(low), float(high)) if low.ndim == 0 else (low, high)
 
 

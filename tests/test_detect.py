@@ -245,3 +245,25 @@ def test_the_auc_over_unflipped_inputs_counts_only_those_the_attack_did_not_flip
         flipped = int((model(adversarial).argmax(1) != predicted).sum())
     assert 0 < flipped < 60 and row["n_unflipped"] == 60 - flipped
     assert row["auc_unflipped_low"] <= row["auc_unflipped"] <= row["auc_unflipped_high"]
+
+
+def test_the_guarded_evaluation_counts_safe_images_and_its_adaptive_worst_case_is_never_above():
+    from nbutils.detect import evaluate_guarded, guarded_outcomes
+    model, detector, images, labels = small_detected_net()
+    fgsm = attacks.get("fgsm", eps=0.1)
+    settings = dict(keep=0.9, non_adaptive=[fgsm], steps=3, weights=[1.0], restarts=1, seed=0)
+    rows = evaluate_guarded(detector, model, "net.relu3", images, labels, eps=0.1, **settings)
+    plain, adaptive = rows["non_adaptive"].iloc[0], rows["adaptive"].iloc[0]
+    correct, accepted = guarded_outcomes(detector, model, "net.relu3", fgsm.run(model, images, labels), labels, keep=0.9)
+    clean_correct, clean_accepted = guarded_outcomes(detector, model, "net.relu3", images, labels, keep=0.9)
+    assert plain["robust_accuracy"] == pytest.approx((correct | ~accepted).double().mean().item())
+    assert plain["clean_accuracy"] == adaptive["clean_accuracy"] == pytest.approx(
+        (clean_correct & clean_accepted).double().mean().item())
+    assert adaptive["robust_accuracy"] <= plain["robust_accuracy"] and plain["n_images"] == 60
+    assert plain["robust_accuracy_low"] <= plain["robust_accuracy"] <= plain["robust_accuracy_high"]
+    assert 0 <= adaptive["unconverged_share"] <= adaptive["robust_accuracy"]
+    at_zero = evaluate_guarded(detector, model, "net.relu3", images, labels, eps=0.0,
+                               **settings | {"non_adaptive": [attacks.get("fgsm", eps=0.0)]})
+    safe_clean = (clean_correct | ~clean_accepted).double().mean().item()
+    assert at_zero["non_adaptive"]["robust_accuracy"].item() == pytest.approx(safe_clean)
+    assert at_zero["adaptive"]["robust_accuracy"].item() == pytest.approx(safe_clean)

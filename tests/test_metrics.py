@@ -127,7 +127,8 @@ def test_wilson_interval_equals_scipys_and_accuracy_and_loss_count_by_hand():
         assert wilson_interval(k, n) == pytest.approx((reference.low, reference.high), abs=1e-12)
     with pytest.raises(ValueError, match="successes"):
         wilson_interval(11, 10)
-    assert wilson_interval(0, 40)[0] == 0.0 and wilson_interval(40, 40)[1] == 1.0  # clipped, no round-off outside [0, 1]
+    for n in (40, 60, 500, 1000):  # exact at the ends: 60 and 500 once gave 0.9999999999999998 and 4e-19
+        assert wilson_interval(0, n)[0] == 0.0 and wilson_interval(n, n)[1] == 1.0
     table = __import__("pandas").DataFrame({"error": [70.0], "n_images": [10]})  # a percentage: the same interval, x 100
     percent = with_intervals(table, "error", percent=True)
     assert (percent.error_low[0], percent.error_high[0]) == pytest.approx(tuple(100 * b for b in wilson_interval(7, 10)))

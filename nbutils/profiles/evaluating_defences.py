@@ -17,7 +17,8 @@ def agree(cfg) -> None:
 PAGE = Page(
     "06_evaluating_defences",
     profiles={"paper": "all 60,000 training images, the field's settings, 3 seeds: minutes on a GPU",
-              "cpu": "20,000 training images, 3 epochs, a lighter cascade, 3 seeds: about an hour on 2 CPU cores",
+              "cpu": "20,000 training images, 5 epochs (PGD training 3), a lighter cascade, 3 seeds: about an hour on 2 CPU "
+                     "cores",
               "smoke": "a few minutes on 2 CPU cores"},
     parameters=[
         param("datasets", list, '"mnist" and/or "fashion-mnist"', ["mnist", "fashion-mnist"], DIGIT_DATASETS),
@@ -26,7 +27,7 @@ PAGE = Page(
         param("n_eval", int, "test images every evaluation attacks: the first n of 10,000", 1_000, Rule(1, 10_000),
               cpu=500, smoke=100),
         param("n_seeds", int, "training seeds of every trained defence: seed, seed + 1, ...", 3, COUNT, smoke=2),
-        param("epochs", int, "epochs of standard training, of the distillation teacher and student", 10, COUNT, cpu=3,
+        param("epochs", int, "epochs of standard training, of the distillation teacher and student", 10, COUNT, cpu=5,
               smoke=1),
         param("batch_size", int, "training batch", 128, COUNT),
         param("lr", float, "Adam learning rate of every training", 1e-3, Rule(0.0, open_low=True)),
