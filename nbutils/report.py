@@ -36,8 +36,10 @@ def package_versions(names=VERSIONED) -> dict[str, str]:
 
 
 def git_commit() -> str | None:
-    """The checkout's HEAD commit (with '+dirty' if modified), ``$NBUTILS_GIT_COMMIT`` when set (a copy
-    of the tree without its .git, e.g. on a remote GPU), or None outside a git checkout."""
+    """The checkout's HEAD commit (with '+dirty' if a tracked file outside the chapters' outputs,
+    ``results/`` and ``runs/``, is modified: a chapter or a sweep rewriting committed results leaves
+    the code it runs unchanged), ``$NBUTILS_GIT_COMMIT`` when set (a copy of the tree without its .git,
+    e.g. on a remote GPU), or None outside a git checkout."""
     if os.environ.get("NBUTILS_GIT_COMMIT"):
         return os.environ["NBUTILS_GIT_COMMIT"]
     root = project_root()
@@ -45,7 +47,8 @@ def git_commit() -> str | None:
         return None
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)results", ":(exclude)runs"], cwd=root,
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None

@@ -146,6 +146,23 @@ def test_provenance_keeps_the_commit_read_at_the_start():
     assert record["parameters"]["epsilons"] == [0.1] and record["folders"]["results"] == "/tmp/nbutils-99"
 
 
+def test_the_commit_is_dirty_when_code_changes_and_not_when_a_run_rewrites_committed_results(monkeypatch, tmp_path):
+    from nbutils import report
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    for path in ("_toc.yml", "nbutils/code.py", "results/cpu/99/table.csv"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("0\n")
+    for command in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "c"]):
+        subprocess.run(git + command, cwd=tmp_path, check=True)
+    monkeypatch.delenv("NBUTILS_GIT_COMMIT", raising=False)
+    monkeypatch.setattr(report, "project_root", lambda: tmp_path)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    (tmp_path / "results/cpu/99/table.csv").write_text("1\n")  # a sweep's earlier run rewrote a committed table
+    assert report.git_commit() == head
+    (tmp_path / "nbutils/code.py").write_text("1\n")
+    assert report.git_commit() == head + "+dirty"
+
+
 def test_displayed_paths_name_no_machine_folder(monkeypatch, tmp_path):
     monkeypatch.setenv(chapter.CACHE_ENV, str(tmp_path))
     assert chapter.display_path(tmp_path / "models") == "$NBUTILS_CACHE/models"
