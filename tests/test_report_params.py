@@ -290,4 +290,9 @@ def test_reproduction_summary_reads_the_largest_committed_profile_and_judges_by_
     shutil.rmtree(tmp_path / "paper")
     row = report.reproduction_summary(tmp_path).set_index("chapter").loc["4. Mixed batches"]
     assert (row.profile, row.low, row.verdict) == ("cpu", 0.4, "not reproduced: the paper lies above")
-    assert summary.loc["1. FGSM on ImageNet", "verdict"] == "not run yet" and len(summary) == 5
+    assert summary.loc["1. FGSM on ImageNet", "verdict"] == "not run yet" and len(summary) == 6
+    write("cpu", "06_evaluating_defences", "report_card", pd.DataFrame(
+        {"dataset": ["mnist", "mnist"], "defence": ["standard training", "PGD adversarial training"],
+         "adaptive": [0.0, 0.46], "adaptive_low": [0.0, 0.37], "adaptive_high": [0.01, 0.56]}))
+    row = report.reproduction_summary(tmp_path).set_index("chapter").loc["6. Evaluating defences"]
+    assert (row.paper, row.run, row.verdict) == (0.5, 0.46, "another dataset: for scale only")  # inside, yet not "reproduced"
