@@ -38,8 +38,8 @@ from .attacks import Attack, get
 from .attacks.pgd import NORMS
 from .attacks.wrappers import Transfer
 from .batching import module_mode, progress_bar
-from .checks import (check_choice, check_epsilons, check_flag, check_fraction, check_positive_int, check_seed,
-                     checked_inputs)
+from .checks import (check_choice, check_eps, check_epsilons, check_flag, check_fraction, check_positive_int,
+                     check_seed, checked_inputs)
 from .metrics import class_logits, gradient_masking, seed_envelope, wilson_interval
 
 #: Share of the images by which a check may miss before its flag fails (2 points).
@@ -418,20 +418,25 @@ def minimal_l2(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, 
     return pd.DataFrame({"index": np.arange(images.shape[0]), "label": labels.cpu().numpy(), "eps": size.numpy()})
 
 
-def size_summary(sizes: pd.Series | np.ndarray, *, confidence: float = 0.95) -> dict:
+def size_summary(sizes: pd.Series | np.ndarray, *, resolution: float = 0.0, confidence: float = 0.95) -> dict:
     """The median of per-image minimal perturbations (inf counts as larger than any) with its
     distribution-free interval (the order statistics whose ranks bracket the median with
-    ``confidence`` under Binomial(n, 1/2)), and n. Returns {"median", "median_low", "median_high", "n"}."""
+    ``confidence`` under Binomial(n, 1/2)), n, and ``resolution``: the step of the grid the sizes lie
+    on (a bisection's ``eps_max / 2**rounds``; 0 for sizes measured exactly), by which one image
+    crossing moves a bound. Returns {"median", "median_low", "median_high", "n", "resolution"}."""
     from scipy.stats import binom
 
     values = np.sort(np.asarray(sizes, dtype=float))
     n = len(values)
     if n == 0:
         raise ValueError("size_summary needs at least one size")
+    if np.isnan(values).any() or (values < 0).any():
+        raise ValueError("sizes must be >= 0 (inf: not flipped), got NaN or a negative size")
+    resolution = check_eps(resolution, name="resolution")
     lower = int(binom.ppf((1 - confidence) / 2, n, 0.5))
     upper = min(n - 1, int(binom.isf((1 - confidence) / 2, n, 0.5)))
     return {"median": float(np.median(values)), "median_low": float(values[max(lower - 1, 0)]),
-            "median_high": float(values[upper]), "n": n}
+            "median_high": float(values[upper]), "n": n, "resolution": resolution}
 
 
 # ---------------------------------------------------------------------------------------------

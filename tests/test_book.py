@@ -26,6 +26,10 @@ both). The same tables, columns and rows always; the values by what can move the
   with a count of images in the table but no interval, by the same Wilson half-width plus two
   images; any other float (a loss, a distance, a log-likelihood, a training accuracy) by 10 % plus
   1e-3;
+* sizes on a grid (a bisection's minimal eps: a median and its order-statistic bounds, in a table
+  with a ``resolution`` column, the grid's step) move by one step more than the rule above allows,
+  as one image crossing a grid point moves an order statistic by a whole step; the step itself
+  compares exactly;
 * a statistic one run cannot compute (NaN: an AUC over fewer than two successful attacks) where the
   other's says nothing either (taken over fewer than five outcomes, or with a 95 % interval wider
   than half of [0, 1]) passes; against an informative number, it fails;
@@ -65,6 +69,8 @@ SUBSET_COUNTS = {"auc_successful": "n_successful", "auc_unflipped": "n_unflipped
 FEW_OUTCOMES = 5
 #: Rates at a threshold calibrated on the run's own data (prefixes): they move with the threshold too.
 THRESHOLD_RATES = ("detection_", "false_alarm_", "evaded_")
+#: The column holding the step of the grid a row's sizes lie on (a bisection's): they move by one step more.
+GRID_STEP = "resolution"
 
 
 def run(args, env=None, **kwargs):
@@ -109,6 +115,16 @@ def _rate_of(column: str) -> str:
 
 def _tolerances(column: str, golden: pd.DataFrame, trained: bool) -> np.ndarray | None:
     """Per-row tolerance of a float or outcome-count column (None: compare exactly); see the docstring."""
+    if column == GRID_STEP:
+        return None
+    tolerance = _sampling_tolerances(column, golden, trained)
+    if tolerance is not None and GRID_STEP in golden.columns and pd.api.types.is_float_dtype(golden[column]):
+        tolerance = tolerance + golden[GRID_STEP].astype(float).to_numpy()
+    return tolerance
+
+
+def _sampling_tolerances(column: str, golden: pd.DataFrame, trained: bool) -> np.ndarray | None:
+    """What another CPU's rounding moves a column by, as sampling noise (None: compare exactly)."""
     want = golden[column]
     if column.startswith(OUTCOME_COUNTS) and pd.api.types.is_integer_dtype(want) and trained:
         n = _denominator(golden)
@@ -202,6 +218,13 @@ def test_a_trained_rate_may_move_within_its_interval_and_not_beyond():
     two = informative.assign(n_successful=[2])                                  # over 2 successes: says nothing
     assert table_differences(two, two.assign(auc_successful=[np.nan], n_successful=[1])) == []
     assert table_differences(two.assign(n_successful=[40]), two.assign(auc_successful=[np.nan], n_successful=[40]))
+    sizes = pd.DataFrame({"median": [0.05625], "median_low": [0.0375], "median_high": [0.075], "n": [50],
+                          "resolution": [0.0375]})
+    assert table_differences(sizes, sizes.assign(median_high=[0.1125])) == []  # one image crossed a grid point
+    assert table_differences(sizes, sizes.assign(median_high=[0.15]))
+    assert table_differences(sizes, sizes.assign(resolution=[0.01875]))
+    continuous = sizes.drop(columns="resolution")
+    assert table_differences(continuous, continuous.assign(median_high=[0.1125]))
     over_seeds = golden.assign(accuracy_min=[0.45], accuracy_max=[0.55])       # a rate's extremes over seeds
     assert table_differences(over_seeds, over_seeds.assign(accuracy_min=[0.5])) == []
     assert table_differences(over_seeds, over_seeds.assign(accuracy_max=[0.7]))

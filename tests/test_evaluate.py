@@ -289,6 +289,8 @@ def test_a_masked_gradient_fails_its_checks_and_the_failure_is_shown(mnist_net):
     (lambda m, x, y: evaluate.evaluate(m, x, y, eps=0.1, tolerance=2.0), "tolerance"),
     (lambda m, x, y: evaluate.minimal_linf(m, x, y, eps_max=0.0 - 1), "eps_max"),
     (lambda m, x, y: evaluate.minimal_l2(m, x, y, attack=attacks.get("pgd", eps=0.1, alpha=0.1, steps=1)), "L2"),
+    (lambda m, x, y: evaluate.size_summary([0.1, float("nan")]), "NaN"),
+    (lambda m, x, y: evaluate.size_summary([0.1, 0.2], resolution=-0.1), "resolution"),
 ])
 def test_bad_input_is_a_clear_error(batch, call, message):
     x, y = batch
@@ -324,5 +326,5 @@ def test_minimal_l2_sizes_are_the_flipping_perturbations(mnist_net):
 
 def test_the_median_interval_is_the_order_statistics_of_the_binomial():
     values = np.arange(1, 101, dtype=float)[::-1]  # n = 100: the 40th and 61st order statistics
-    summary = evaluate.size_summary(values)
-    assert (summary["median"], summary["median_low"], summary["median_high"], summary["n"]) == (50.5, 40.0, 61.0, 100)
+    summary = evaluate.size_summary(values, resolution=0.5)
+    assert summary == {"median": 50.5, "median_low": 40.0, "median_high": 61.0, "n": 100, "resolution": 0.5}
