@@ -53,7 +53,8 @@ def oracle_labels(oracle: nn.Module, images: torch.Tensor, *, batch_size: int = 
 class SubstituteHistory:
     """One row per training round: round, n_images (the substitute's training set), train_acc (on its
     oracle labels), val_acc (on the true labels of the validation images), agreement (fraction of the
-    validation images where substitute and oracle predict the same class), seconds."""
+    validation images where substitute and oracle predict the same class), n_val (the validation
+    images), seconds."""
 
     rows: list[dict] = field(default_factory=list)
     from_cache: bool = False
@@ -82,7 +83,7 @@ def _train_rounds(substitute, oracle, images, labels, val_images, val_labels, *,
                    scheduler_factor=None, seed=seed + round_, pixel_range=False, progress=False).rows
         agreement = (oracle_labels(substitute, val_images) == oracle_val).double().mean().item()
         history.rows.append({"round": round_, "n_images": images.shape[0], "train_acc": rows[-1]["train_acc"],
-                             "val_acc": rows[-1]["val_acc"], "agreement": agreement,
+                             "val_acc": rows[-1]["val_acc"], "agreement": agreement, "n_val": val_images.shape[0],
                              "seconds": sum(r["seconds"] for r in rows)})
         if round_ < rounds - 1:
             new = jacobian_augmentation(substitute, images, labels, augmentation_step(lam, round_, lam_schedule))

@@ -38,7 +38,7 @@ from .attacks import Attack, get
 from .attacks.pgd import NORMS
 from .attacks.wrappers import Transfer
 from .batching import module_mode, progress_bar
-from .checks import (check_choice, check_eps, check_epsilons, check_flag, check_fraction, check_positive_int,
+from .checks import (check_choice, check_epsilons, check_flag, check_fraction, check_positive_int,
                      check_seed, checked_inputs)
 from .metrics import class_logits, gradient_masking, seed_envelope, wilson_interval
 
@@ -364,8 +364,8 @@ def minimal_linf(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *
     interval, running the cascade once per distinct midpoint on the images of that midpoint (every
     image is attacked once a round). Returns a table: index, label, eps (the upper end of its final
     interval: broken there, within eps_max / 2**rounds of the minimum the cascade finds; 0 if
-    misclassified clean; inf if it survives eps_max), low (the lower end). images: (N, C, H, W) in
-    [0, 1]; labels: (N,)."""
+    misclassified clean; inf if it survives eps_max), low (the lower end), resolution (eps_max /
+    2**rounds, the step of the bisection's grid). images: (N, C, H, W) in [0, 1]; labels: (N,)."""
     images, labels = checked_inputs(model, images, labels, batch_size)
     eps_max = check_epsilons([eps_max], name="eps_max", upper=1.0)[0]
     rounds, seed = check_positive_int(rounds, "rounds"), check_seed(seed)
@@ -393,7 +393,7 @@ def minimal_linf(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *
                 broken = broken_at(value, group)
                 high[group[broken]], low[group[~broken]] = value, value
     return pd.DataFrame({"index": np.arange(n), "label": labels.cpu().numpy(), "eps": high.numpy(),
-                         "low": low.numpy()})
+                         "low": low.numpy(), "resolution": eps_max / 2 ** rounds})
 
 
 def minimal_l2(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, attack: Attack | None = None,
@@ -418,21 +418,32 @@ def minimal_l2(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, 
     return pd.DataFrame({"index": np.arange(images.shape[0]), "label": labels.cpu().numpy(), "eps": size.numpy()})
 
 
-def size_summary(sizes: pd.Series | np.ndarray, *, resolution: float = 0.0, confidence: float = 0.95) -> dict:
+def size_summary(sizes: pd.DataFrame | pd.Series | np.ndarray, *, confidence: float = 0.95) -> dict:
     """The median of per-image minimal perturbations (inf counts as larger than any) with its
     distribution-free interval (the order statistics whose ranks bracket the median with
     ``confidence`` under Binomial(n, 1/2)), n, and ``resolution``: the step of the grid the sizes lie
-    on (a bisection's ``eps_max / 2**rounds``; 0 for sizes measured exactly), by which one image
-    crossing moves a bound. Returns {"median", "median_low", "median_high", "n", "resolution"}."""
+    on, by which one image crossing a grid point moves a bound.
+
+    sizes: a table of :func:`minimal_linf` (its ``eps`` on the grid of its ``resolution``) or of
+    :func:`minimal_l2`, or sizes measured exactly (a 1-D array or Series: resolution 0).
+    Returns {"median", "median_low", "median_high", "n", "resolution"}."""
     from scipy.stats import binom
 
+    confidence = check_fraction(confidence, "confidence")
+    if isinstance(sizes, pd.DataFrame):
+        if "eps" not in sizes.columns:
+            raise ValueError(f"size_summary needs a table of minimal_linf or minimal_l2 (an eps column), "
+                             f"got columns {list(sizes.columns)}")
+        resolution = float(sizes["resolution"].max()) if "resolution" in sizes.columns else 0.0
+        sizes = sizes["eps"]
+    else:
+        resolution = 0.0
     values = np.sort(np.asarray(sizes, dtype=float))
     n = len(values)
-    if n == 0:
-        raise ValueError("size_summary needs at least one size")
+    if n == 0 or values.ndim != 1:
+        raise ValueError(f"size_summary needs a 1-D set of at least one size, got shape {values.shape}")
     if np.isnan(values).any() or (values < 0).any():
         raise ValueError("sizes must be >= 0 (inf: not flipped), got NaN or a negative size")
-    resolution = check_eps(resolution, name="resolution")
     lower = int(binom.ppf((1 - confidence) / 2, n, 0.5))
     upper = min(n - 1, int(binom.isf((1 - confidence) / 2, n, 0.5)))
     return {"median": float(np.median(values)), "median_low": float(values[max(lower - 1, 0)]),

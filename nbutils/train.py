@@ -44,7 +44,9 @@ def training_loss(logits: torch.Tensor, labels: torch.Tensor, soft_targets: torc
 
 @dataclass
 class History:
-    """Per-epoch training record: epoch, train_loss, train_acc, val_loss, val_acc, lr, seconds;
+    """Per-epoch training record: epoch, train_loss, train_acc (over the epoch's n_train images, in
+    training mode as they were trained on), n_train, val_loss, val_acc (after the epoch, in eval mode),
+    n_val, lr, seconds;
     ``from_cache``: the rows (and the weights) were loaded by :func:`cached_fit`, not trained now."""
 
     rows: list[dict] = field(default_factory=list)
@@ -239,8 +241,8 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, val_images
         if scheduler is not None:
             scheduler.step(val_loss)
         history.rows.append({"epoch": epoch, "train_loss": total_loss / x.shape[0], "train_acc": correct / x.shape[0],
-                             "val_loss": val_loss, "val_acc": val_acc, "lr": float(optimizer.param_groups[0]["lr"]),
-                             "seconds": time.perf_counter() - start})
+                             "n_train": x.shape[0], "val_loss": val_loss, "val_acc": val_acc, "n_val": vx.shape[0],
+                             "lr": float(optimizer.param_groups[0]["lr"]), "seconds": time.perf_counter() - start})
     model.eval()
     return history
 

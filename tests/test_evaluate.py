@@ -15,6 +15,8 @@ from nbutils.models import freeze, mnist_model
 
 from conftest import tiny_classifier
 
+#: Under pytest-xdist, one worker runs this module: it trains the net and runs the cascade once.
+pytestmark = pytest.mark.xdist_group("evaluate")
 EPS = 0.1  # an MNIST budget at which a plainly trained net keeps about two thirds of its images
 
 
@@ -290,7 +292,9 @@ def test_a_masked_gradient_fails_its_checks_and_the_failure_is_shown(mnist_net):
     (lambda m, x, y: evaluate.minimal_linf(m, x, y, eps_max=0.0 - 1), "eps_max"),
     (lambda m, x, y: evaluate.minimal_l2(m, x, y, attack=attacks.get("pgd", eps=0.1, alpha=0.1, steps=1)), "L2"),
     (lambda m, x, y: evaluate.size_summary([0.1, float("nan")]), "NaN"),
-    (lambda m, x, y: evaluate.size_summary([0.1, 0.2], resolution=-0.1), "resolution"),
+    (lambda m, x, y: evaluate.size_summary(pd.DataFrame({"size": [0.1]})), "eps column"),
+    (lambda m, x, y: evaluate.size_summary([[0.1, 0.2]]), "1-D"),
+    (lambda m, x, y: evaluate.size_summary([0.1, 0.2], confidence=1.5), "confidence"),
 ])
 def test_bad_input_is_a_clear_error(batch, call, message):
     x, y = batch
@@ -309,6 +313,8 @@ def test_bisection_brackets_each_images_minimal_eps(mnist_net):
     assert (table["eps"][~clean] == 0).all()
     finite = table[clean & np.isfinite(table["eps"])]
     assert ((finite["eps"] - finite["low"]) <= 0.3 / 2 ** 5 + 1e-12).all()
+    assert (table["resolution"] == 0.3 / 2 ** 5).all()
+    assert evaluate.size_summary(table)["resolution"] == 0.3 / 2 ** 5
     at_eps = evaluate.evaluate(model, x, y, eps=EPS, attacks=single, checks=False).curve["robust_accuracy"].item()
     assert abs((table["eps"] > EPS).mean() - at_eps) <= 0.05
 
@@ -326,5 +332,5 @@ def test_minimal_l2_sizes_are_the_flipping_perturbations(mnist_net):
 
 def test_the_median_interval_is_the_order_statistics_of_the_binomial():
     values = np.arange(1, 101, dtype=float)[::-1]  # n = 100: the 40th and 61st order statistics
-    summary = evaluate.size_summary(values, resolution=0.5)
-    assert summary == {"median": 50.5, "median_low": 40.0, "median_high": 61.0, "n": 100, "resolution": 0.5}
+    summary = evaluate.size_summary(values)
+    assert summary == {"median": 50.5, "median_low": 40.0, "median_high": 61.0, "n": 100, "resolution": 0.0}

@@ -35,7 +35,9 @@ def test_fit_is_identical_under_a_seed_and_learns():
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
     assert ha.drop(columns="seconds").equals(hb.drop(columns="seconds"))
     assert ha["train_loss"].iloc[-1] < ha["train_loss"].iloc[0]
-    assert list(ha.columns) == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+    assert list(ha.columns) == ["epoch", "train_loss", "train_acc", "n_train", "val_loss", "val_acc", "n_val", "lr",
+                                "seconds"]
+    assert (ha["n_train"] == x.shape[0]).all() and (ha["n_val"] == 32).all()
 
 
 def test_cached_fit_trains_once_then_loads_the_same_weights_and_history(tmp_path):
