@@ -14,17 +14,6 @@ os.environ["NBUTILS_PROFILE"] = "smoke"
 os.environ.setdefault("NBUTILS_DATA", str(ROOT.parent / "shared" / "data"))
 # absolute paths: notebooks run with book/ as their working directory
 os.environ["NBUTILS_DATA"] = os.pathsep.join(str(Path(p).resolve()) for p in os.environ["NBUTILS_DATA"].split(os.pathsep) if p)
-# pytest-xdist runs the tests on every core (pyproject: -n logical): each worker, and the notebooks and
-# subprocesses it starts, computes on its share of the cores instead of all of them, so none oversubscribes
-if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
-    _threads = max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
-    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(_threads)
-    torch.set_num_threads(_threads)
-
-
-def pytest_collection_modifyitems(items):
-    """The slow tests (notebooks, the book build) first, so that the workers finish together."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture

@@ -15,8 +15,6 @@ from nbutils.models import freeze, mnist_model
 
 from conftest import tiny_classifier
 
-#: Under pytest-xdist, one worker runs this module: it trains the net and runs the cascade once.
-pytestmark = pytest.mark.xdist_group("evaluate")
 EPS = 0.1  # an MNIST budget at which a plainly trained net keeps about two thirds of its images
 
 

@@ -18,8 +18,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-#: Under pytest-xdist, one worker runs this module: it builds the site once and keeps one browser.
-pytestmark = pytest.mark.xdist_group("site")
 ROOT = Path(__file__).resolve().parents[1]
 CHECKER = (Path(__file__).parent / "site" / "check_page.js").read_text()
 FAULTS = ("broken_images", "uncaptioned_figures", "too_wide", "unrendered_maths", "misshapen_images", "stderr_blocks",

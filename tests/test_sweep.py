@@ -20,8 +20,6 @@ import pytest
 
 from nbutils import metrics, plots, sweep
 
-#: Under pytest-xdist, one worker runs this module: it starts the Dask cluster once.
-pytestmark = pytest.mark.xdist_group("sweep")
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = ROOT / "tests" / "notebooks" / "sweep_probe.ipynb"
 CHAPTER_3 = ROOT / "book" / "03_defensive_distillation.ipynb"
@@ -289,7 +287,7 @@ def test_a_chapter_grid_at_smoke_runs_on_two_workers_aggregates_and_resumes(clie
 def test_the_sweeps_page_runs_under_nbval_at_smoke_and_gathers_both_sweeps(tmp_path):
     env = {**os.environ, "NBUTILS_PROFILE": "smoke", "NBUTILS_RESULTS": str(tmp_path / "results"),
            "NBUTILS_CACHE": str(tmp_path / "cache")}
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", "--nbval-lax",
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
                              "--nbval-current-env", str(ROOT / "book" / "sweeps.ipynb")], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stdout[-6000:]
