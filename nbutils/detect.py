@@ -29,6 +29,7 @@ from torch import nn
 
 from .batching import model_device, module_mode, run_batched
 from .checks import check_fraction, check_images, check_labels, check_model_fits, check_positive_int
+from .em import IllDefinedCovarianceError  # noqa: F401 (what GMMDetector.fit raises, by name)
 from .gmm import (GaussianMixture, as_output, as_points, check_initial, check_settings, fit_per_group, fitted_mixtures,
                   log_likelihood, log_likelihood_by_group, not_fitted, pack_groups)
 from .metrics import auc_interval, roc, wilson_interval

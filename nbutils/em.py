@@ -27,6 +27,11 @@ _ILL_DEFINED = ("some components have ill-defined empirical covariance (for inst
                 "input data.")
 
 
+class IllDefinedCovarianceError(ValueError):
+    """EM met a covariance that is not positive definite (a component collapsed onto too few points,
+    or onto a flat direction that reg_covar does not lift): scikit-learn's ValueError, with a name."""
+
+
 # ---------------------------------------------------------------------------------------------
 # Parameters and point sets with a leading mixture dimension M
 
@@ -463,10 +468,10 @@ def fit_em(points: torch.Tensor, mask: torch.Tensor, settings: EMSettings, given
 
 
 def _raise_if_ill_defined(failed: torch.Tensor, indices: torch.Tensor, names: Sequence[str]) -> None:
-    """ValueError naming the mixtures whose flag in ``failed`` (host tensor) is set."""
+    """IllDefinedCovarianceError naming the mixtures whose flag in ``failed`` (host tensor) is set."""
     if bool(failed.any()):
         which = ", ".join(names[i] for i in indices[failed].tolist())
-        raise ValueError(f"Fitting the mixture model of {which} failed because {_ILL_DEFINED}")
+        raise IllDefinedCovarianceError(f"Fitting the mixture model of {which} failed because {_ILL_DEFINED}")
 
 
 def _warn_unconverged(settings: EMSettings, converged: list[bool], names: Sequence[str]) -> None:

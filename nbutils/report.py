@@ -63,6 +63,20 @@ def device_name(device: torch.device | str) -> str:
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
+def cpu_description() -> dict:
+    """The CPU's model name (Linux's /proc/cpuinfo, else :func:`platform.processor`), the vector
+    kernels PyTorch dispatches to on it (ATen's capability: "AVX512", "AVX2", or "DEFAULT" under
+    ``ATEN_CPU_CAPABILITY=default``) and the thread count. A seeded CPU run repeats exactly only
+    where all three match: each changes the order of floating-point sums, hence every trained net."""
+    model = platform.processor() or platform.machine()
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        model = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"model": model, "kernels": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()}
+
+
 def peak_memory_mb(device: torch.device | str) -> float:
     """Peak memory so far in MiB: PyTorch's peak allocation on a GPU, the process's peak resident set
     on the CPU (Linux and macOS report it in different units)."""
@@ -75,13 +89,14 @@ def peak_memory_mb(device: torch.device | str) -> float:
 
 def provenance(*, seed: int | None, device: torch.device | str, profile: str, started: float, commit: str | None = None,
                **details) -> dict:
-    """What produced a result: versions, device, seed, profile, wall time since ``started``, the
+    """What produced a result: versions, device (and the CPU, :func:`cpu_description`), seed, profile,
+    wall time since ``started``, the
     code's commit (``commit``, read when the run started, before it wrote anything; else read now)
     and ``details`` (model and weights ids, dataset and count, parameters). peak_memory_mb: the
     process's peak resident memory on the CPU, or the peak memory PyTorch allocated on the GPU."""
     return {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "profile": profile, "seed": seed,
             "device": str(device), "device_name": device_name(device), "wall_time_s": round(time.time() - started, 1),
-            "peak_memory_mb": peak_memory_mb(device),
+            "peak_memory_mb": peak_memory_mb(device), "cpu": cpu_description(),
             "git_commit": commit or git_commit(), "platform": platform.platform(), "versions": package_versions(),
             **details}
 

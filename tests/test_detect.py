@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from sklearn.exceptions import NotFittedError
 
 from nbutils import attacks
-from nbutils.detect import (GMMDetector, LikelihoodHead, evaluate_detection, hidden_states, rejection_aware_loss,
-                            select_mixture)
+from nbutils.detect import (GMMDetector, IllDefinedCovarianceError, LikelihoodHead, evaluate_detection, hidden_states,
+                            rejection_aware_loss, select_mixture)
 from nbutils.gmm import GaussianMixture
 from nbutils.metrics import roc
 from nbutils.models import mnist_model
@@ -99,6 +99,10 @@ def test_bad_detector_inputs_fail_with_clear_errors():
         GMMDetector(5).fit(features[:11], torch.tensor([0] * 5 + [1] * 3 + [2] * 3))
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\)"):
         GMMDetector(2).fit(features, labels, n_classes=2)
+    flat = features.clone()
+    flat[labels == 1] = 1.0  # class 1 collapsed onto one point: no covariance without reg_covar
+    with pytest.raises(IllDefinedCovarianceError, match="mixture model of class 1 failed"):
+        GMMDetector(2, reg_covar=0.0).fit(flat, labels)
     with pytest.raises(NotFittedError, match="not fitted yet"):
         GMMDetector(2).threshold(0.95)
     detector = GMMDetector(2, covariance_type="diag").fit(features, labels)

@@ -8,6 +8,7 @@ import torch
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.mixture import GaussianMixture as SklearnGaussianMixture
 
+from nbutils.detect import IllDefinedCovarianceError
 from nbutils.gmm import GaussianMixture
 
 COVARIANCE_TYPES = ["full", "diag", "spherical"]
@@ -119,6 +120,8 @@ def test_bad_inputs_fail_with_clear_errors():
     assert not hasattr(GaussianMixture(2), "weights_")  # scikit-learn's test of being fitted
     with pytest.raises(ValueError, match="X has 3 features, but this GaussianMixture was fitted with 4 features"):
         GaussianMixture(2).fit(x).score_samples(x[:, :3])
-    with pytest.raises(ValueError, match="ill-defined empirical covariance"):
+    with pytest.raises(IllDefinedCovarianceError, match="ill-defined empirical covariance"):
         GaussianMixture(2, reg_covar=0.0, init_params="random_from_data", random_state=0).fit(np.ones((10, 3)))
+    with pytest.raises(ValueError, match="ill-defined empirical covariance"):  # scikit-learn raises ValueError
+        SklearnGaussianMixture(2, reg_covar=0.0, init_params="random_from_data", random_state=0).fit(np.ones((10, 3)))
 

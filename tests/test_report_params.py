@@ -93,6 +93,8 @@ def test_write_results_writes_csv_and_json_with_provenance(tmp_path):
     saved = json.loads(json_path.read_text())
     assert saved["provenance"]["seed"] == 3 and saved["provenance"]["model"] == "m"
     assert saved["provenance"]["versions"]["torch"] and saved["rows"][1]["top1_error"] == 90.0
+    assert saved["provenance"]["cpu"]["kernels"] == torch.backends.cpu.get_cpu_capability()
+    assert saved["provenance"]["cpu"]["threads"] == torch.get_num_threads() and saved["provenance"]["cpu"]["model"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["fgsm.csv", "fgsm.json"]
 
 
