@@ -90,10 +90,10 @@ def peak_memory_mb(device: torch.device | str) -> float:
 def provenance(*, seed: int | None, device: torch.device | str, profile: str, started: float, commit: str | None = None,
                **details) -> dict:
     """What produced a result: versions, device (and the CPU, :func:`cpu_description`), seed, profile,
-    wall time since ``started``, the
-    code's commit (``commit``, read when the run started, before it wrote anything; else read now)
-    and ``details`` (model and weights ids, dataset and count, parameters). peak_memory_mb: the
-    process's peak resident memory on the CPU, or the peak memory PyTorch allocated on the GPU."""
+    wall time since ``started``, the code's commit (``commit``, read when the run started, before it
+    wrote anything; else read now) and ``details`` (model and weights ids, dataset and count,
+    parameters). peak_memory_mb: the process's peak resident memory on the CPU, or the peak memory
+    PyTorch allocated on the GPU."""
     return {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "profile": profile, "seed": seed,
             "device": str(device), "device_name": device_name(device), "wall_time_s": round(time.time() - started, 1),
             "peak_memory_mb": peak_memory_mb(device), "cpu": cpu_description(),

@@ -8,7 +8,7 @@ import torch
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.mixture import GaussianMixture as SklearnGaussianMixture
 
-from nbutils.detect import IllDefinedCovarianceError
+from nbutils.em import IllDefinedCovarianceError
 from nbutils.gmm import GaussianMixture
 
 COVARIANCE_TYPES = ["full", "diag", "spherical"]
