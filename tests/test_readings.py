@@ -15,8 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-PAGES = sorted((ROOT / "book").glob("[0-9][0-9]_*.ipynb")) + [ROOT / "book" / "sweeps.ipynb"]
+from test_book import NOTEBOOKS, ROOT
 
 _NUMBER = r"-?\d+(?:\.\d+)?"
 #: A value, an optional percent sign and an optional "top-1"/"top-5", then "[low, high]".
@@ -62,7 +61,7 @@ def unfound_readings(page: Path) -> list[str]:
             if not found_in(tables, value, low, high, percent)]
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("page", NOTEBOOKS, ids=lambda p: p.stem)
 def test_every_interval_reading_in_a_page_is_in_its_committed_results(page):
     assert page_tables(page), f"{page.stem} has no committed results"
     assert unfound_readings(page) == []
